@@ -1,0 +1,1 @@
+print("make dev: the services are not implemented yet")

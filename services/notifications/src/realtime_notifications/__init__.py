@@ -1,0 +1,1 @@
+"""The notifications service: notification state, REST API, outbox-published events."""

@@ -1,0 +1,219 @@
+"""JWT verification (PyJWT) with the contract's rules, and token minting for tools and tests.
+
+Rules: the algorithm comes from an allow-list (``none`` never), ``exp`` and
+``sub`` are required, ``aud``/``iss`` are checked when configured, and the
+key is chosen by the algorithm's family so a public key can never be used
+as an HMAC secret.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from realtime_shared.routing import fits_routing_key
+from realtime_shared.settings import RealtimeSettings
+from realtime_shared.streams import CATALOG
+
+MIN_HMAC_KEY_BYTES = 32
+"""RFC 7518 §3.2: an HS256 key must be at least as long as the hash output."""
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+PERMISSION_MANAGE_NOTIFICATIONS = "notification.manage"
+PERMISSION_ADMIN = "realtime.admin"
+
+
+class AuthError(Exception):
+    """A request whose credentials are not acceptable (HTTP 401)."""
+
+    reason = "invalid"
+
+
+class TokenMissing(AuthError):
+    reason = "missing"
+
+
+class TokenExpired(AuthError):
+    reason = "expired"
+
+
+class TokenInvalid(AuthError):
+    reason = "invalid"
+
+
+class KeyConfigError(ValueError):
+    """The JWT settings cannot verify anything safely; the process must not start."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    sub: str
+    exp: int
+    permissions: frozenset[str] = frozenset()
+    streams: frozenset[str] | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    def has(self, permission: str) -> bool:
+        return permission in self.permissions
+
+    def may_hold(self, stream: str) -> bool:
+        """Per-stream authorization: a `streams` claim limits what may be subscribed."""
+        return self.streams is None or stream in self.streams
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        *,
+        algorithms: Iterable[str],
+        secret: str | None = None,
+        public_key: str | None = None,
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway: float = 0,
+    ) -> None:
+        self.algorithms = [a for a in algorithms]
+        self._secret = secret
+        self._public_key = public_key
+        self.audience = audience
+        self.issuer = issuer
+        self.leeway = leeway
+        self._check_config()
+
+    @classmethod
+    def from_settings(cls, settings: RealtimeSettings) -> TokenVerifier:
+        public = settings.jwt_public_key
+        return cls(
+            algorithms=settings.jwt_algorithms,
+            secret=settings.effective_jwt_secret(),
+            public_key=public.get_secret_value() if public else None,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+        )
+
+    def _check_config(self) -> None:
+        if not self.algorithms:
+            raise KeyConfigError("JWT_ALGORITHMS is empty")
+        for alg in self.algorithms:
+            if alg.lower() == "none":
+                raise KeyConfigError("JWT_ALGORITHMS must not contain 'none'")
+            if alg not in HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS:
+                raise KeyConfigError(f"unsupported JWT algorithm {alg!r}")
+        if any(a in HMAC_ALGORITHMS for a in self.algorithms):
+            if self._secret is None:
+                raise KeyConfigError(
+                    "JWT_SECRET is not set: refusing to start (set it, or pass --dev for "
+                    "a local, insecure development key)"
+                )
+            if len(self._secret.encode()) < MIN_HMAC_KEY_BYTES:
+                raise KeyConfigError(
+                    f"JWT_SECRET is {len(self._secret.encode())} bytes; HMAC keys must be at "
+                    f"least {MIN_HMAC_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+                )
+        if any(a in PUBLIC_KEY_ALGORITHMS for a in self.algorithms) and not self._public_key:
+            raise KeyConfigError("JWT_PUBLIC_KEY (PEM) is required for RS*/PS*/ES*/EdDSA")
+
+    def _key_for(self, alg: str) -> str:
+        key = self._secret if alg in HMAC_ALGORITHMS else self._public_key
+        assert key is not None  # guaranteed by _check_config for allowed algorithms
+        return key
+
+    def verify(self, token: str | None) -> Claims:
+        if not token:
+            raise TokenMissing("no token given")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenInvalid("malformed token") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            raise TokenInvalid(f"algorithm {alg!r} is not accepted")
+        try:
+            payload: dict[str, Any] = jwt.decode(
+                token,
+                self._key_for(alg),
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={
+                    "require": ["exp", "sub"],
+                    "verify_aud": self.audience is not None,
+                    "verify_iss": self.issuer is not None,
+                },
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenExpired("token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenInvalid("token is not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise TokenInvalid("token audience is not accepted") from None
+        except jwt.InvalidIssuerError:
+            raise TokenInvalid("token issuer is not accepted") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenInvalid(f"token lacks the {exc.claim!r} claim") from None
+        except jwt.PyJWTError:
+            raise TokenInvalid("token signature or format is invalid") from None
+        return _claims(payload)
+
+
+def _claims(payload: dict[str, Any]) -> Claims:
+    sub = payload.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise TokenInvalid("'sub' must be a non-empty string")
+    if not all(fits_routing_key(stream, sub) for stream in CATALOG):
+        raise TokenInvalid("'sub' is too long for a routing key")
+    exp = payload.get("exp")
+    if not isinstance(exp, int | float):
+        raise TokenInvalid("'exp' must be a number")
+    perms = payload.get("permissions", [])
+    if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
+        raise TokenInvalid("'permissions' must be a list of strings")
+    streams = payload.get("streams")
+    if streams is not None and (
+        not isinstance(streams, list) or not all(isinstance(s, str) for s in streams)
+    ):
+        raise TokenInvalid("'streams' must be a list of strings")
+    return Claims(
+        sub=sub,
+        exp=int(exp),
+        permissions=frozenset(perms),
+        streams=None if streams is None else frozenset(s.strip().lower() for s in streams),
+        raw=payload,
+    )
+
+
+def issue_token(
+    sub: str,
+    key: str,
+    *,
+    algorithm: str = "HS256",
+    ttl: float = 3600,
+    permissions: Iterable[str] = (),
+    streams: Iterable[str] | None = None,
+    audience: str | None = None,
+    issuer: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """Sign a token (for tools, tests and dev mode; production tokens come from your IdP)."""
+    now = int(time.time())
+    payload: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + int(ttl)}
+    if permissions:
+        payload["permissions"] = list(permissions)
+    if streams is not None:
+        payload["streams"] = list(streams)
+    if audience is not None:
+        payload["aud"] = audience
+    if issuer is not None:
+        payload["iss"] = issuer
+    if extra:
+        payload.update(extra)
+    return jwt.encode(payload, key, algorithm=algorithm)

@@ -1,0 +1,48 @@
+"""Settings every process shares, from the environment (and `.env`) at construction time only."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
+DEFAULT_EXCHANGE = "realtime"
+
+DEV_JWT_SECRET = "realtime-dev-secret-not-for-production!"
+"""Used only with `--dev`: a fixed, public key so local tools can mint tokens."""
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def split_commas(value: object) -> object:
+    """Accept ``"a,b"`` from the environment as well as a real list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class RealtimeSettings(BaseSettings):
+    """The contract's shared variables; each service subclasses this."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    amqp_url: str = DEFAULT_AMQP_URL
+    realtime_exchange: str = DEFAULT_EXCHANGE
+    jwt_secret: SecretStr | None = None
+    jwt_algorithms: CommaList = Field(default_factory=lambda: ["HS256"])
+    jwt_public_key: SecretStr | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    dev: bool = Field(default=False, description="use the public dev key when JWT_SECRET is unset")
+
+    @field_validator("jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        return split_commas(value)
+
+    def effective_jwt_secret(self) -> str | None:
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        return DEV_JWT_SECRET if self.dev else None

@@ -1,0 +1,41 @@
+"""The stream catalog: which logical streams a connection may hold."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+STREAM_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+SYSTEM_STREAM = "system"
+"""Reserved for the edge's own replies; never subscribable, never routed."""
+
+DEFAULT_STREAM = "notifications"
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    name: str
+    implemented: bool
+    description: str
+
+
+CATALOG: dict[str, Stream] = {
+    s.name: s
+    for s in (
+        Stream("notifications", True, "per-user notification events"),
+        Stream("chat", False, "reserved: valid to subscribe to, no producer yet"),
+        Stream("ssh", False, "reserved: valid to subscribe to, no producer yet"),
+        Stream("rdp", False, "reserved: valid to subscribe to, no producer yet"),
+    )
+}
+
+
+def is_valid_stream_id(stream: str) -> bool:
+    """True when `stream` has the contract's shape (it may still be outside the catalog)."""
+    return STREAM_ID_PATTERN.fullmatch(stream) is not None
+
+
+def is_subscribable(stream: str) -> bool:
+    """True for catalog streams; `system` and unknown ids are not."""
+    return stream in CATALOG

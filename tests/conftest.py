@@ -1,0 +1,130 @@
+"""Fixtures for every test tier: a real RabbitMQ, a fresh exchange, databases, tokens.
+
+RabbitMQ and PostgreSQL come from the environment when set (``AMQP_URL``,
+``POSTGRES_URL``); otherwise from testcontainers when a Docker engine
+answers; otherwise the test is skipped with a reason, except under
+``CI=true``, where a missing service is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from realtime_shared.auth import issue_token
+from realtime_shared.settings import DEV_JWT_SECRET
+
+TEST_SECRET = DEV_JWT_SECRET
+
+
+def _missing(what: str) -> None:
+    reason = f"{what} is not available: set its URL or start a Docker engine"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: a missing service is a failure)")
+    pytest.skip(reason)
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=2).ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    url = os.environ.get("AMQP_URL")
+    if url:
+        yield url
+        return
+    if not _docker_answers():
+        _missing("RabbitMQ (AMQP_URL)")
+    from testcontainers.rabbitmq import RabbitMqContainer
+
+    with RabbitMqContainer("rabbitmq:4-management") as container:
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(5672)
+        yield f"amqp://guest:guest@{host}:{port}/"
+
+
+@pytest.fixture
+async def exchange(amqp_url: str) -> AsyncIterator[str]:
+    """A fresh topic exchange name per test, deleted afterwards, so tests never share traffic."""
+    import aio_pika
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+        yield name
+        await channel.exchange_delete(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A server URL (``postgresql://…``) where the tests may create databases."""
+    url = os.environ.get("POSTGRES_URL")
+    if url:
+        yield url
+        return
+    if not _docker_answers():
+        _missing("PostgreSQL (POSTGRES_URL)")
+    from testcontainers.postgres import PostgresContainer
+
+    with PostgresContainer("postgres:16-alpine", driver=None) as container:
+        yield container.get_connection_url()
+
+
+async def _fresh_postgres_database(server_url: str) -> tuple[str, str]:
+    import asyncpg
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base = server_url.rsplit("/", 1)[0]
+    return name, f"{base}/{name}"
+
+
+async def _drop_postgres_database(server_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database as an SQLAlchemy async URL: SQLite (temp file), then PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'notifications.db'}"
+        return
+    server_url: str = request.getfixturevalue("postgres_url")
+    name, url = await _fresh_postgres_database(server_url)
+    try:
+        yield url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    finally:
+        await _drop_postgres_database(server_url, name)
+
+
+@pytest.fixture
+def make_token() -> object:
+    """``make_token("alice", permissions=[...], ttl=60)``: a token the dev-mode services accept."""
+
+    def make(sub: str, **kwargs: object) -> str:
+        return issue_token(sub, TEST_SECRET, **kwargs)  # type: ignore[arg-type]
+
+    return make

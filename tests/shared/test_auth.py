@@ -1,0 +1,157 @@
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from realtime_shared.auth import (
+    KeyConfigError,
+    TokenExpired,
+    TokenInvalid,
+    TokenMissing,
+    TokenVerifier,
+    issue_token,
+)
+from realtime_shared.settings import RealtimeSettings
+
+pytestmark = pytest.mark.unit
+
+SECRET = "s" * 32
+
+
+def verifier(**kwargs: object) -> TokenVerifier:
+    return TokenVerifier(algorithms=kwargs.pop("algorithms", ["HS256"]), secret=SECRET, **kwargs)  # type: ignore[arg-type]
+
+
+def test_valid_token_gives_claims() -> None:
+    token = issue_token(
+        "alice", SECRET, permissions=["notification.manage"], streams=["Chat", "notifications"]
+    )
+    claims = verifier().verify(token)
+    assert claims.sub == "alice"
+    assert claims.has("notification.manage")
+    assert claims.may_hold("chat") and not claims.may_hold("ssh")
+
+
+def test_missing_token() -> None:
+    with pytest.raises(TokenMissing):
+        verifier().verify(None)
+    with pytest.raises(TokenMissing):
+        verifier().verify("")
+
+
+def test_expired_token() -> None:
+    with pytest.raises(TokenExpired):
+        verifier().verify(issue_token("alice", SECRET, ttl=-10))
+
+
+def test_not_yet_valid_token() -> None:
+    token = issue_token("alice", SECRET, extra={"nbf": int(time.time()) + 600})
+    with pytest.raises(TokenInvalid, match="not yet valid"):
+        verifier().verify(token)
+
+
+def test_audience_and_issuer_are_checked_when_configured() -> None:
+    v = verifier(audience="realtime", issuer="idp")
+    assert v.verify(issue_token("a", SECRET, audience="realtime", issuer="idp")).sub == "a"
+    with pytest.raises(TokenInvalid, match="audience"):
+        v.verify(issue_token("a", SECRET, audience="other", issuer="idp"))
+    with pytest.raises(TokenInvalid, match="issuer"):
+        v.verify(issue_token("a", SECRET, audience="realtime", issuer="evil"))
+    with pytest.raises(TokenInvalid):
+        v.verify(issue_token("a", SECRET))
+
+
+def test_wrong_algorithm_is_refused() -> None:
+    token = issue_token("alice", SECRET * 2, algorithm="HS512")
+    with pytest.raises(TokenInvalid, match="algorithm"):
+        verifier().verify(token)
+
+
+def test_alg_none_is_refused() -> None:
+    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, None, algorithm="none")
+    with pytest.raises(TokenInvalid):
+        verifier().verify(token)
+    with pytest.raises(KeyConfigError):
+        TokenVerifier(algorithms=["none"], secret=SECRET)
+
+
+def test_wrong_signature_and_garbage_are_invalid() -> None:
+    with pytest.raises(TokenInvalid):
+        verifier().verify(issue_token("alice", "x" * 32))
+    with pytest.raises(TokenInvalid):
+        verifier().verify("not.a.token")
+
+
+@pytest.mark.parametrize("missing", ["sub", "exp"])
+def test_exp_and_sub_are_required(missing: str) -> None:
+    payload = {"sub": "alice", "exp": int(time.time()) + 60}
+    del payload[missing]
+    with pytest.raises(TokenInvalid):
+        verifier().verify(jwt.encode(payload, SECRET, algorithm="HS256"))
+
+
+@pytest.mark.parametrize("sub", ["", "x" * 300])
+def test_unusable_sub_is_invalid(sub: str) -> None:
+    token = jwt.encode({"sub": sub, "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    with pytest.raises(TokenInvalid):
+        verifier().verify(token)
+
+
+def test_hostile_sub_is_kept_verbatim() -> None:
+    assert verifier().verify(issue_token("a.b#*%ü", SECRET)).sub == "a.b#*%ü"
+
+
+def test_short_hmac_keys_are_refused_with_a_clear_error() -> None:
+    with pytest.raises(KeyConfigError, match="at least 32 bytes"):
+        TokenVerifier(algorithms=["HS256"], secret="short")
+
+
+def test_no_secret_refuses_to_start_unless_dev() -> None:
+    with pytest.raises(KeyConfigError, match="JWT_SECRET"):
+        TokenVerifier.from_settings(RealtimeSettings(_env_file=None))  # type: ignore[call-arg]
+    dev = TokenVerifier.from_settings(RealtimeSettings(_env_file=None, dev=True))  # type: ignore[call-arg]
+    assert dev.algorithms == ["HS256"]
+
+
+def test_algorithms_come_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JWT_ALGORITHMS", "HS256, HS512")
+    assert RealtimeSettings(_env_file=None).jwt_algorithms == ["HS256", "HS512"]  # type: ignore[call-arg]
+
+
+def _pem(private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> tuple[str, str]:
+    priv = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    pub = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return priv, pub
+
+
+@pytest.mark.parametrize(
+    ("alg", "make_key"),
+    [
+        ("RS256", lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        ("ES256", lambda: ec.generate_private_key(ec.SECP256R1())),
+    ],
+)
+def test_public_key_algorithms(alg: str, make_key: object) -> None:
+    priv, pub = _pem(make_key())  # type: ignore[operator]
+    v = TokenVerifier(algorithms=[alg], public_key=pub)
+    assert v.verify(issue_token("alice", priv, algorithm=alg)).sub == "alice"
+    with pytest.raises(KeyConfigError, match="JWT_PUBLIC_KEY"):
+        TokenVerifier(algorithms=[alg])
+
+
+def test_public_key_is_never_used_as_an_hmac_secret() -> None:
+    priv, pub = _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    v = TokenVerifier(algorithms=["RS256", "HS256"], secret=SECRET, public_key=pub)
+    with pytest.raises(TokenInvalid):
+        v.verify(issue_token("mallory", "p" * 32, algorithm="HS256"))
+    assert v.verify(issue_token("alice", priv, algorithm="RS256")).sub == "alice"

@@ -1,0 +1,24 @@
+import pytest
+
+from realtime_shared.auth import TokenVerifier
+from realtime_shared.settings import DEV_JWT_SECRET
+from realtime_shared.token_cli import main
+
+pytestmark = pytest.mark.unit
+
+
+def test_prints_a_dev_token_with_claims(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["alice", "--permissions", "notification.manage,realtime.admin", "--dev"]) == 0
+    token = capsys.readouterr().out.strip()
+    claims = TokenVerifier(algorithms=["HS256"], secret=DEV_JWT_SECRET).verify(token)
+    assert claims.sub == "alice"
+    assert claims.permissions == {"notification.manage", "realtime.admin"}
+
+
+def test_refuses_without_a_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+    assert main(["alice"]) == 2
+    assert "JWT_SECRET" in capsys.readouterr().err
