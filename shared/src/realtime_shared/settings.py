@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -36,6 +36,8 @@ class RealtimeSettings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     dev: bool = Field(default=False, description="use the public dev key when JWT_SECRET is unset")
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("jwt_algorithms", mode="before")
     @classmethod
