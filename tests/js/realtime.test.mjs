@@ -267,6 +267,21 @@ describe("reconnecting", () => {
     assert.ok(clock.nextDelay() < 500, "after a stable connection the next retry is fast again");
   });
 
+  test("a close the edge means as final (1000, 1008, 1009) ends the client", async () => {
+    for (const code of [1000, 1008, 1009]) {
+      const { client } = makeClient();
+      const ws = await connected(client);
+      const details = [];
+      client.onState((state, detail) => details.push([state, detail.code]));
+      ws.drop(code, "bye");
+      await clock.tick(60_000);
+      assert.equal(client.state, "closed");
+      assert.deepEqual(details, [["closed", code]]);
+      assert.equal(FakeWebSocket.last, ws);
+      assert.equal(clock.pending, 0);
+    }
+  });
+
   test("a failing token provider is retried with backoff", async () => {
     let fail = true;
     const errors = [];

@@ -18,7 +18,14 @@ export const CloseCode = Object.freeze({
   TOKEN_EXPIRED: 4001,
   /** Used by this client when it drops a socket that stopped answering pings. */
   NO_PONG: 4000,
+  /** The edge refused the client on purpose (e.g. too many connections): do not retry. */
+  POLICY_VIOLATION: 1008,
+  /** The client sent a frame over the edge's limit: a bug that a retry would repeat. */
+  MESSAGE_TOO_BIG: 1009,
 });
+
+// The edge's "terminal" codes (services/ws-edge closecodes.py); anything else reconnects.
+const TERMINAL_CODES = new Set([CloseCode.NORMAL, CloseCode.POLICY_VIOLATION, CloseCode.MESSAGE_TOO_BIG]);
 
 export const State = Object.freeze({ CONNECTING: "connecting", OPEN: "open", CLOSED: "closed" });
 
@@ -152,6 +159,10 @@ export class RealtimeClient {
 
   /** Close for good: no reconnect, no timer or socket listener left behind. */
   close() {
+    this.#shutdown({});
+  }
+
+  #shutdown(detail) {
     this.#stopped = true;
     this.#generation += 1;
     for (const handle of this.#timers.values()) this.#opts.clearTimeout(handle);
@@ -160,7 +171,7 @@ export class RealtimeClient {
     this.#held.clear();
     for (const waiter of this.#waiters) waiter.reject(new Error("realtime client closed"));
     this.#waiters.clear();
-    this.#setState(State.CLOSED, {});
+    this.#setState(State.CLOSED, detail);
   }
 
   /** Hold more streams. Resolves once the edge confirmed them (or rejected some). */
@@ -418,6 +429,11 @@ export class RealtimeClient {
 
   #lost(code, reason) {
     if (this.#stopped) return;
+    if (TERMINAL_CODES.has(code)) {
+      this.#report(Object.assign(new Error(`realtime: closed by the edge (${code} ${reason})`), { code }));
+      this.#shutdown({ code, reason });
+      return;
+    }
     if (code === CloseCode.TOKEN_EXPIRED) this.#needFreshToken = true;
     this.#dropSocket(code, reason);
     this.#scheduleReconnect({ code, reason });
