@@ -1,1 +1,3 @@
 """The notifications service: notification state, REST API, outbox-published events."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,118 @@
+"""The composition root: `create_app(settings)` wires the adapters; the lifespan runs them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+
+from realtime_notifications import __version__, api, db, errors, outbox
+from realtime_notifications.body_limit import BodyLimit
+from realtime_notifications.broker import EventPublisher, RabbitEventPublisher, asyncapi_document
+from realtime_notifications.metrics import Metrics, RequestMetrics
+from realtime_notifications.relay import OutboxRelay
+from realtime_notifications.services import NotificationService
+from realtime_notifications.settings import NotificationsSettings
+from realtime_notifications.unit_of_work import UnitOfWork
+from realtime_shared.auth import TokenVerifier
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: NotificationsSettings, *, publisher: EventPublisher | None = None
+) -> FastAPI:
+    """Build the app; nothing connects until the lifespan starts. `publisher` is for tests."""
+    verifier = TokenVerifier.from_settings(settings)  # a bad key config fails here, not later
+    metrics = Metrics()
+    rabbit = RabbitEventPublisher(
+        settings.amqp_url, settings.realtime_exchange, publish_timeout=settings.publish_timeout
+    )
+    events: EventPublisher = publisher or rabbit
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = db.create_engine(settings.database_url)
+        try:
+            await db.migrate(engine)
+            relay = OutboxRelay(
+                engine,
+                events,
+                metrics,
+                poll_interval=settings.outbox_poll_interval,
+                batch_size=settings.outbox_batch_size,
+                retention=timedelta(seconds=settings.outbox_retention_seconds),
+                backoff_cap=settings.outbox_backoff_cap,
+            )
+            app.state.engine = engine
+            app.state.publisher = events
+            app.state.service = NotificationService(lambda: UnitOfWork(engine, relay.wake))
+            relay.start()
+            try:
+                yield
+            finally:
+                await relay.stop()
+                await events.close()
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="realtime notifications",
+        version=__version__,
+        description="Notification state for users; every change is also published as an event "
+        "(see /asyncapi) on `notifications.<user>`.",
+        lifespan=lifespan,
+    )
+    app.state.verifier = verifier
+    app.include_router(api.router)
+    errors.install(app, api.verify)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        problems = []
+        try:
+            await db.ping(request.app.state.engine)
+        except Exception as exc:
+            problems.append(f"database: {exc.__class__.__name__}")
+        if not await request.app.state.publisher.is_connected():
+            problems.append("broker: not connected")
+        if problems:
+            return errors.error_response(503, "; ".join(problems))
+        return api.json({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus(request: Request) -> Response:
+        try:
+            async with request.app.state.engine.connect() as conn:
+                metrics.observe_backlog(await outbox.backlog(conn))
+        except Exception:
+            log.warning("metrics: cannot read the outbox backlog", exc_info=True)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    asyncapi: dict[str, Any] = asyncapi_document(rabbit)
+
+    @app.get("/asyncapi", include_in_schema=False)
+    async def asyncapi_json() -> dict[str, Any]:
+        return asyncapi
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.notifications_cors_origins,
+        allow_origin_regex=settings.cors_origin_regex(),
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        max_age=600,
+    )
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app

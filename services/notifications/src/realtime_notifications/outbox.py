@@ -1,0 +1,112 @@
+"""The outbox table: events written with their state change, claimed and marked by the relay.
+
+Claiming differs per backend. PostgreSQL may have several replicas relaying
+at once, and row locks alone cannot keep one user's events in order (replica
+B could skip A's locked rows and publish a newer event first). So a relay
+takes a session-level advisory lock per *user* (`pg_try_advisory_lock`, never
+waiting: users held by another replica are skipped) and publishes only the
+pending rows of the users it holds, oldest first. SQLite is one process with
+one relay, which needs no lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from realtime_notifications.domain import Event, utcnow
+from realtime_notifications.models import outbox
+
+USER_LOCK_NAMESPACE = 0x6F757462  # "outb": first key of pg_try_advisory_lock(int, int)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    id: int
+    event_id: str
+    user_id: str
+    routing_key: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    size: int
+    oldest: datetime | None
+
+
+async def add(conn: AsyncConnection, event: Event) -> None:
+    await conn.execute(
+        outbox.insert().values(
+            event_id=event.id,
+            user_id=event.user_id,
+            routing_key=event.routing_key,
+            body=event.envelope().to_bytes(),
+            created_at=event.occurred_at,
+        )
+    )
+
+
+async def claim(conn: AsyncConnection, limit: int) -> list[PendingEvent]:
+    """Pending events this relay may publish now, in id (commit) order per user.
+
+    On PostgreSQL the caller must `release` on the same connection afterwards.
+    """
+    pending: sa.ColumnElement[bool] = outbox.c.sent_at.is_(None)
+    if conn.dialect.name != "sqlite":
+        users = await _lock_users(conn, limit)
+        if not users:
+            return []
+        pending = pending & outbox.c.user_id.in_(users)
+    query = (
+        sa.select(
+            outbox.c.id, outbox.c.event_id, outbox.c.user_id, outbox.c.routing_key, outbox.c.body
+        )
+        .where(pending)
+        .order_by(outbox.c.id)
+        .limit(limit)
+    )
+    return [PendingEvent(*row) for row in await conn.execute(query)]
+
+
+async def _lock_users(conn: AsyncConnection, limit: int) -> list[str]:
+    first = sa.func.min(outbox.c.id).label("first")
+    candidates = (
+        sa.select(outbox.c.user_id, first)
+        .where(outbox.c.sent_at.is_(None))
+        .group_by(outbox.c.user_id)
+        .order_by(first)
+        .limit(limit)
+    )
+    locked: list[str] = []
+    for user_id, _ in (await conn.execute(candidates)).all():
+        lock = sa.func.pg_try_advisory_lock(USER_LOCK_NAMESPACE, sa.func.hashtext(user_id))
+        if (await conn.execute(sa.select(lock))).scalar_one():
+            locked.append(user_id)
+    return locked
+
+
+async def release(conn: AsyncConnection) -> None:
+    if conn.dialect.name != "sqlite":
+        await conn.execute(sa.select(sa.func.pg_advisory_unlock_all()))
+
+
+async def mark_sent(conn: AsyncConnection, ids: Sequence[int], now: datetime | None = None) -> None:
+    await conn.execute(outbox.update().where(outbox.c.id.in_(ids)).values(sent_at=now or utcnow()))
+
+
+async def prune(conn: AsyncConnection, before: datetime) -> int:
+    result = await conn.execute(outbox.delete().where(outbox.c.sent_at < before))
+    return result.rowcount
+
+
+async def backlog(conn: AsyncConnection) -> Backlog:
+    query = sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(
+        outbox.c.sent_at.is_(None)
+    )
+    size, oldest = (await conn.execute(query)).one()
+    return Backlog(int(size), oldest)

@@ -1,0 +1,136 @@
+"""The outbox relay: publishes committed events to RabbitMQ, per user in commit order.
+
+An event is marked sent only after the broker confirmed it, so a crash between
+the two republishes it (at-least-once; consumers dedupe on `meta.event_id`).
+Broker or database errors never stop the loop: it retries with capped
+exponential backoff while the API keeps serving and the backlog grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+
+from realtime_notifications import outbox
+from realtime_notifications.broker import EventPublisher
+from realtime_notifications.domain import utcnow
+from realtime_notifications.metrics import Metrics
+from realtime_notifications.repository import IdempotencyRepository
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRY_DELAY = 0.05
+"""Seconds; short because a blip (a restarted broker, a busy database) is the common failure."""
+
+PRUNE_INTERVAL = 60.0
+"""Seconds between deletions of sent rows (and idempotency keys) older than the retention."""
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        publisher: EventPublisher,
+        metrics: Metrics,
+        *,
+        poll_interval: float,
+        batch_size: int,
+        retention: timedelta,
+        backoff_cap: float,
+    ) -> None:
+        self._engine = engine
+        self._publisher = publisher
+        self._metrics = metrics
+        self._poll_interval = poll_interval
+        self._batch_size = batch_size
+        self._retention = retention
+        self._backoff_cap = backoff_cap
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_prune = 0.0
+
+    def wake(self) -> None:
+        """Called after a commit that wrote events: publish now rather than at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential_jitter(initial=FIRST_RETRY_DELAY, max=self._backoff_cap),
+            before_sleep=self._on_failure,
+            reraise=True,
+        )
+        while True:
+            self._wake.clear()  # before draining: a commit during the drain wakes us again
+            async for attempt in retrying:
+                with attempt:
+                    await self._publisher.connect()
+                    await self.drain()
+                    await self._maybe_prune()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+
+    def _on_failure(self, state: RetryCallState) -> None:
+        self._metrics.publish_failures.inc()
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning("outbox relay: %s; retrying in %.2f s", exc, delay)
+
+    async def drain(self) -> int:
+        """Publish until nothing this relay may publish is pending; returns how many it sent."""
+        total = 0
+        while True:
+            sent = await self._publish_batch()
+            total += sent
+            if sent < self._batch_size:
+                return total
+
+    async def _publish_batch(self) -> int:
+        async with self._engine.connect() as conn:
+            try:
+                events = await outbox.claim(conn, self._batch_size)
+                await conn.commit()  # publish outside any open transaction
+                sent: list[int] = []
+                try:
+                    for event in events:
+                        await self._publisher.publish(event)
+                        sent.append(event.id)
+                finally:
+                    if sent:
+                        await outbox.mark_sent(conn, sent)
+                        await conn.commit()
+                        self._metrics.published.inc(len(sent))
+            finally:
+                await outbox.release(conn)
+                await conn.commit()
+        return len(sent)
+
+    async def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < PRUNE_INTERVAL:
+            return
+        self._last_prune = now
+        before = utcnow() - self._retention
+        async with self._engine.begin() as conn:
+            pruned = await outbox.prune(conn, before)
+            # Idempotency keys share the retention: a retry later than that is a new request.
+            keys = await IdempotencyRepository(conn).prune(before)
+        if pruned or keys:
+            log.info("pruned %d sent events and %d idempotency keys", pruned, keys)

@@ -1,0 +1,141 @@
+"""The use cases. Each runs in one unit of work, so a state change and its event commit together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+
+from realtime_notifications import domain
+from realtime_notifications.domain import (
+    Notification,
+    NotificationNotFound,
+    PermissionDenied,
+    Severity,
+    utcnow,
+)
+from realtime_notifications.unit_of_work import UnitOfWork
+from realtime_shared.auth import PERMISSION_MANAGE_NOTIFICATIONS, Claims
+from realtime_shared.envelope import JsonObject
+
+
+@dataclass(frozen=True, slots=True)
+class NewNotification:
+    user_id: str
+    type: str
+    title: str | None = None
+    message: str | None = None
+    severity: Severity = Severity.INFO
+    action_url: str | None = None
+    metadata: JsonObject | None = None
+
+
+class NotificationService:
+    def __init__(self, uow: Callable[[], UnitOfWork]) -> None:
+        self._uow = uow
+
+    async def create(
+        self, caller: Claims, new: NewNotification, idempotency_key: str | None = None
+    ) -> JsonObject:
+        """The created notification as the API returns it (the first one, for a repeated key)."""
+        if not caller.has(PERMISSION_MANAGE_NOTIFICATIONS):
+            raise PermissionDenied(
+                f"creating notifications needs {PERMISSION_MANAGE_NOTIFICATIONS}"
+            )
+        if idempotency_key is not None:
+            async with self._uow() as uow:
+                first = await uow.idempotency.get(caller.sub, idempotency_key)
+            if first is not None:
+                return _loads(first)
+        now = utcnow()
+        n = Notification.new(
+            user_id=new.user_id,
+            type=new.type,
+            title=new.title,
+            message=new.message,
+            severity=new.severity,
+            action_url=new.action_url,
+            metadata=new.metadata,
+            now=now,
+        )
+        body = n.to_dict()
+        try:
+            async with self._uow() as uow:
+                await uow.notifications.add(n)
+                if idempotency_key is not None:
+                    await uow.idempotency.add(caller.sub, idempotency_key, orjson.dumps(body), now)
+                await uow.publish(domain.created(n, now))
+                await uow.commit()
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            # A concurrent retry with the same key committed first: answer with its result.
+            async with self._uow() as uow:
+                first = await uow.idempotency.get(caller.sub, idempotency_key)
+            if first is None:
+                raise
+            return _loads(first)
+        return body
+
+    async def get(self, caller: Claims, notification_id: str) -> Notification:
+        async with self._uow() as uow:
+            n = await uow.notifications.get(caller.sub, notification_id)
+        if n is None:
+            raise NotificationNotFound(notification_id)
+        return n
+
+    async def list(
+        self, caller: Claims, *, limit: int, offset: int, unread_only: bool
+    ) -> list[Notification]:
+        async with self._uow() as uow:
+            return await uow.notifications.list(
+                caller.sub, limit=limit, offset=offset, unread_only=unread_only
+            )
+
+    async def unread_count(self, caller: Claims) -> int:
+        async with self._uow() as uow:
+            return await uow.notifications.unread_count(caller.sub)
+
+    async def mark_read(self, caller: Claims, notification_id: str) -> Notification:
+        return await self._change(caller, notification_id, read=True)
+
+    async def mark_unread(self, caller: Claims, notification_id: str) -> Notification:
+        return await self._change(caller, notification_id, read=False)
+
+    async def _change(self, caller: Claims, notification_id: str, *, read: bool) -> Notification:
+        # Every call emits its event, even when the flag was already set: clients may
+        # have missed the first one, and the event is the confirmation they wait for.
+        now = utcnow()
+        async with self._uow() as uow:
+            n = await uow.notifications.get(caller.sub, notification_id, for_update=True)
+            if n is None:
+                raise NotificationNotFound(notification_id)
+            n = n.mark_read(now) if read else n.mark_unread(now)
+            await uow.notifications.save(n)
+            await uow.publish(domain.read(n, now) if read else domain.updated(n, now))
+            await uow.commit()
+        return n
+
+    async def delete(self, caller: Claims, notification_id: str) -> None:
+        now = utcnow()
+        async with self._uow() as uow:
+            if not await uow.notifications.delete(caller.sub, notification_id):
+                raise NotificationNotFound(notification_id)
+            await uow.publish(domain.deleted(caller.sub, notification_id, now))
+            await uow.commit()
+
+    async def read_all(self, caller: Claims) -> int:
+        now = utcnow()
+        async with self._uow() as uow:
+            count = await uow.notifications.mark_all_read(caller.sub, now)
+            await uow.publish(domain.read_all(caller.sub, count, now))
+            await uow.commit()
+        return count
+
+
+def _loads(raw: bytes) -> JsonObject:
+    value = orjson.loads(raw)
+    assert isinstance(value, dict)
+    return value

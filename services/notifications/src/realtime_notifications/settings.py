@@ -1,0 +1,49 @@
+"""The notifications service's settings: the contract's variables plus its own limits."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from realtime_shared.settings import CommaList, RealtimeSettings, split_commas
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./notifications.db"
+
+DEV_CORS_ORIGIN_REGEX = r"^https?://(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d+)?$"
+"""In --dev the demo page is served by the edge on another loopback port: allow any."""
+
+
+class NotificationsSettings(RealtimeSettings):
+    database_url: str = DEFAULT_DATABASE_URL
+    notifications_cors_origins: CommaList = Field(
+        default_factory=list,
+        description="exact origins (scheme://host[:port]) whose browsers may call the API",
+    )
+    outbox_poll_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="seconds between outbox scans; commits in this process wake the relay at "
+        "once, so polling only picks up other replicas' rows and missed wake-ups",
+    )
+    outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
+    outbox_retention_seconds: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="sent outbox rows are kept this long (for inspection), then pruned",
+    )
+    outbox_backoff_cap: float = Field(
+        default=5.0, gt=0, description="longest wait between retries while RabbitMQ fails"
+    )
+    publish_timeout: float = Field(
+        default=5.0, gt=0, description="seconds to wait for a publisher confirm"
+    )
+    max_body_bytes: int = Field(
+        default=65_536, ge=1024, description="larger request bodies are refused with 413"
+    )
+
+    @field_validator("notifications_cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        return split_commas(value)
+
+    def cors_origin_regex(self) -> str | None:
+        return DEV_CORS_ORIGIN_REGEX if self.dev else None
