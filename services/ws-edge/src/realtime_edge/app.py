@@ -1,0 +1,112 @@
+"""`create_app(settings)`: the edge's routes, built without I/O; the lifespan connects."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from realtime_edge.endpoint import WebSocketEndpoint, error_body
+from realtime_edge.handshake import extract_token
+from realtime_edge.metrics import CONTENT_TYPE_LATEST
+from realtime_edge.node import Node
+from realtime_edge.settings import EdgeSettings
+from realtime_shared.auth import PERMISSION_ADMIN, AuthError, TokenVerifier, issue_token
+from realtime_shared.routing import fits_routing_key
+from realtime_shared.streams import DEFAULT_STREAM
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+DEV_TOKEN_TTL = 3600
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return Response(error_body(code, message), status, media_type="application/json")
+
+
+def create_app(settings: EdgeSettings, verifier: TokenVerifier | None = None) -> Starlette:
+    """Raises KeyConfigError when the JWT settings cannot verify tokens safely."""
+    verifier = verifier or TokenVerifier.from_settings(settings)
+    node = Node(settings, verifier)
+    endpoint = WebSocketEndpoint(node)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "node": node.link.node_id})
+
+    async def readyz(request: Request) -> Response:
+        if node.ready:
+            return JSONResponse({"status": "ready"})
+        reason = "draining" if node.draining else "not connected to RabbitMQ"
+        return _error(503, "UNAVAILABLE", reason)
+
+    async def metrics(request: Request) -> Response:
+        return Response(node.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def admin_connections(request: Request) -> Response:
+        try:
+            claims = verifier.verify(extract_token((), request.headers))
+        except AuthError as exc:
+            node.metrics.auth_failures.labels(exc.reason).inc()
+            return _error(401, "UNAUTHORIZED", str(exc))
+        if not claims.has(PERMISSION_ADMIN):
+            return _error(403, "FORBIDDEN", f"the {PERMISSION_ADMIN!r} permission is required")
+        return JSONResponse(node.hub.summary())
+
+    routes: list[Route | WebSocketRoute | Mount] = [
+        WebSocketRoute("/ws", endpoint),
+        WebSocketRoute("/ws/{stream}", endpoint),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/admin/connections", admin_connections),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+
+    if settings.demo_enabled:
+
+        async def index(request: Request) -> Response:
+            return FileResponse(STATIC_DIR / "index.html")
+
+        async def demo_config(request: Request) -> Response:
+            return JSONResponse({"notifications_url": settings.edge_notifications_url})
+
+        routes += [Route("/", index), Route("/demo/config.json", demo_config)]
+
+    if settings.dev:
+        secret = settings.effective_jwt_secret()
+
+        async def dev_token(request: Request) -> Response:
+            """Dev only: a token for any user, so the demo page needs no identity provider."""
+            user = request.query_params.get("user", "").strip()
+            if not user or not fits_routing_key(DEFAULT_STREAM, user) or secret is None:
+                return _error(422, "VALIDATION_ERROR", "'user' must be a usable user id")
+            perms = [p for p in request.query_params.get("permissions", "").split(",") if p]
+            token = issue_token(
+                user,
+                secret,
+                ttl=DEV_TOKEN_TTL,
+                permissions=perms,
+                audience=settings.jwt_audience,
+                issuer=settings.jwt_issuer,
+            )
+            return JSONResponse({"token": token, "exp": verifier.verify(token).exp})
+
+        routes.append(Route("/dev/token", dev_token))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.node = node
+    return app

@@ -1,0 +1,96 @@
+"""One client connection's outbound side: a bounded send queue drained by one writer task.
+
+The fan-out path calls `deliver` and never waits: when the queue is full the client is
+too slow, and it is closed (1013) instead of slowing anyone else down or growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from starlette.types import Send
+
+from realtime_edge.closecodes import CloseCode
+from realtime_edge.protocol import Session
+
+
+class Connection:
+    __slots__ = (
+        "_limit",
+        "_loop",
+        "_queue",
+        "_send",
+        "_waiter",
+        "close_code",
+        "expiry",
+        "id",
+        "session",
+        "started",
+        "user_id",
+    )
+
+    def __init__(self, connection_id: str, session: Session, send: Send, limit: int) -> None:
+        self.id = connection_id
+        self.session = session
+        self.user_id = session.user_id
+        self._send = send
+        self._limit = limit
+        self._queue: deque[str] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self.close_code: CloseCode | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+        self.started = False  # True once `connected` is queued: only then may other frames go
+
+    def deliver(self, frame: str) -> bool:
+        """Queue a frame; False when the connection is closing or its queue is full."""
+        if self.close_code is not None:
+            return False
+        queue = self._queue
+        if len(queue) >= self._limit:
+            return False
+        queue.append(frame)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        return True
+
+    @property
+    def full(self) -> bool:
+        return len(self._queue) >= self._limit
+
+    def close(self, code: CloseCode, *, flush: bool = True) -> None:
+        """Ask the writer to close after the queued frames (or right away when not `flush`)."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        if not flush:
+            self._queue.clear()
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def write(self) -> None:
+        """The writer task: send queued frames in order, then the close frame if one is asked."""
+        send = self._send
+        queue = self._queue
+        while True:
+            if queue:
+                message: dict[str, Any] = {"type": "websocket.send", "text": queue.popleft()}
+                await send(message)
+            elif self.close_code is not None:
+                break
+            else:
+                self._waiter = self._loop.create_future()
+                await self._waiter
+        code = self.close_code
+        await send({"type": "websocket.close", "code": int(code), "reason": code.reason})

@@ -1,0 +1,284 @@
+"""The node's link to RabbitMQ: one exclusive queue, reference-counted bindings, reconnects.
+
+Bindings are counted per routing key: the first holder binds, the last one's release
+unbinds after `unbind_delay` (a reload does not churn the broker). Binds are pipelined:
+a batch goes out as no-wait `queue.bind` frames closed by one synchronous bind; the
+broker handles a channel's methods in order, so its `BindOk` means the whole batch is in
+place. One worker sends every bind and unbind in request order, which keeps an unbind
+from overtaking a later bind of the same key.
+
+When the connection drops, the queue (exclusive) dies with it; the link reconnects with
+backoff, declares a new queue, binds every key still held, resumes consuming, and then
+calls `on_resumed` so connections can be told to resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable
+
+import aiormq
+from aiormq.abc import AbstractChannel, DeliveredMessage
+
+from realtime_edge.metrics import EdgeMetrics
+
+log = logging.getLogger(__name__)
+
+BIND_BATCH = 500
+"""Binds per pipelined batch: big enough for a connection storm, small enough to fail fast."""
+
+RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+"""Backoff between attempts to reach RabbitMQ; the last value repeats."""
+
+CONNECT_TIMEOUT = 10.0
+
+
+class _Binding:
+    __slots__ = ("ready", "refs", "timer")
+
+    def __init__(self, ready: asyncio.Future[None]) -> None:
+        self.refs = 0
+        self.ready = ready
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Bindings:
+    """Routing keys this node's queue must be bound to, with holder counts."""
+
+    def __init__(self, unbind_delay: float, metrics: EdgeMetrics) -> None:
+        self._unbind_delay = unbind_delay
+        self._metrics = metrics
+        self._keys: dict[str, _Binding] = {}
+        self._ops: deque[tuple[bool, str]] = deque()
+        self._wake = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def acquire(self, key: str) -> asyncio.Future[None]:
+        """Hold `key`; the future resolves once the binding is in place (maybe already)."""
+        binding = self._keys.get(key)
+        if binding is None:
+            binding = self._keys[key] = _Binding(asyncio.get_running_loop().create_future())
+            self._ops.append((True, key))
+            self._wake.set()
+            self._metrics.bindings.set(len(self._keys))
+        binding.refs += 1
+        if binding.timer is not None:
+            binding.timer.cancel()
+            binding.timer = None
+        return binding.ready
+
+    def release(self, key: str) -> None:
+        binding = self._keys.get(key)
+        if binding is None:
+            return
+        binding.refs -= 1
+        if binding.refs > 0:
+            return
+        if self._unbind_delay > 0:
+            loop = asyncio.get_running_loop()
+            binding.timer = loop.call_later(self._unbind_delay, self._expire, key)
+        else:
+            self._expire(key)
+
+    def _expire(self, key: str) -> None:
+        binding = self._keys.get(key)
+        if binding is None or binding.refs > 0:
+            return
+        del self._keys[key]
+        binding.timer = None
+        if not binding.ready.done():
+            binding.ready.cancel()
+        self._ops.append((False, key))
+        self._wake.set()
+        self._metrics.bindings.set(len(self._keys))
+
+    def lost(self) -> None:
+        """The queue is gone: every held key must be bound again on the next one."""
+        self._ops.clear()
+        for key, binding in list(self._keys.items()):
+            if binding.refs <= 0:
+                if binding.timer is not None:
+                    binding.timer.cancel()
+                del self._keys[key]
+                continue
+            if binding.ready.done():
+                binding.ready = asyncio.get_running_loop().create_future()
+        self._metrics.bindings.set(len(self._keys))
+
+    def close(self) -> None:
+        for binding in self._keys.values():
+            if binding.timer is not None:
+                binding.timer.cancel()
+            if not binding.ready.done():
+                binding.ready.cancel()
+        self._keys.clear()
+        self._ops.clear()
+
+    async def serve(
+        self,
+        channel: AbstractChannel,
+        queue: str,
+        exchange: str,
+        restored: asyncio.Future[None],
+    ) -> None:
+        """Bind every held key to the new queue (then `restored`), apply changes until cancelled."""
+        self._ops.clear()
+        self._ops.extend((True, key) for key in self._keys)
+        while True:
+            while self._ops:
+                bind, batch = self._take_batch()
+                if bind:
+                    await self._bind(channel, queue, exchange, batch)
+                else:
+                    for key in batch:
+                        await channel.queue_unbind(queue, exchange, key)
+            if not restored.done():
+                restored.set_result(None)
+            self._wake.clear()
+            await self._wake.wait()
+
+    def _take_batch(self) -> tuple[bool, list[str]]:
+        bind = self._ops[0][0]
+        batch: list[str] = []
+        while self._ops and self._ops[0][0] == bind and len(batch) < BIND_BATCH:
+            batch.append(self._ops.popleft()[1])
+        return bind, batch
+
+    async def _bind(
+        self, channel: AbstractChannel, queue: str, exchange: str, keys: list[str]
+    ) -> None:
+        for key in keys[:-1]:
+            await channel.queue_bind(queue, exchange, key, nowait=True)
+        await channel.queue_bind(queue, exchange, keys[-1])
+        for key in keys:
+            binding = self._keys.get(key)
+            if binding is not None and not binding.ready.done():
+                binding.ready.set_result(None)
+
+
+class BrokerLink:
+    """Keeps this node consuming from its own queue, reconnecting whenever RabbitMQ drops."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        exchange: str,
+        bindings: Bindings,
+        on_message: Callable[[str, bytes], None],
+        on_resumed: Callable[[], None],
+        metrics: EdgeMetrics,
+        node_id: str | None = None,
+    ) -> None:
+        self.url = url
+        self.exchange = exchange
+        self.bindings = bindings
+        self.node_id = node_id or uuid.uuid4().hex
+        self.connection_name = f"ws-edge {self.node_id}"
+        self._on_message = on_message
+        self._on_resumed = on_resumed
+        self._metrics = metrics
+        self._task: asyncio.Task[None] | None = None
+        self._connection: aiormq.abc.AbstractConnection | None = None
+        self._consuming = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._consuming.is_set()
+
+    async def start(self, within: float = CONNECT_TIMEOUT) -> None:
+        """Begin the link and wait for the first successful connection (or raise)."""
+        self._task = asyncio.create_task(self._run(), name="ws-edge broker link")
+        waiter = asyncio.ensure_future(self._consuming.wait())
+        done, _ = await asyncio.wait(
+            {waiter, self._task}, timeout=within, return_when=asyncio.FIRST_COMPLETED
+        )
+        if waiter not in done:
+            waiter.cancel()
+            await self.stop()
+            raise ConnectionError(f"could not reach RabbitMQ within {within:.0f} s")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.bindings.close()
+
+    async def _run(self) -> None:
+        attempt = 0
+        resumed = False
+        while True:
+            try:
+                await self._session(resumed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("RabbitMQ link down: %s", exc or type(exc).__name__)
+            if self._consuming.is_set():
+                attempt = 0
+            self._consuming.clear()
+            self._metrics.broker_up.set(0)
+            self.bindings.lost()
+            resumed = True
+            await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+            attempt += 1
+
+    async def _session(self, resumed: bool) -> None:
+        connection = await asyncio.wait_for(
+            aiormq.connect(self.url, client_properties={"connection_name": self.connection_name}),
+            timeout=CONNECT_TIMEOUT,
+        )
+        self._connection = connection
+        worker: asyncio.Task[None] | None = None
+        try:
+            channel = await connection.channel()
+            await channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
+            declared = await channel.queue_declare(
+                f"ws-edge.{self.node_id}", exclusive=True, auto_delete=True
+            )
+            queue = declared.queue
+            assert queue is not None
+            restored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            worker = asyncio.create_task(
+                self.bindings.serve(channel, queue, self.exchange, restored)
+            )
+            await asyncio.wait({restored, worker}, return_when=asyncio.FIRST_COMPLETED)
+            if not restored.done():
+                worker.result()
+                raise ConnectionError("binding worker stopped")
+            await channel.basic_consume(queue, self._deliver, no_ack=True)
+            self._consuming.set()
+            self._metrics.broker_up.set(1)
+            if resumed:
+                self._metrics.broker_reconnects.inc()
+                log.info("RabbitMQ link restored; %d bindings in place", len(self.bindings))
+                self._on_resumed()
+            closing = {connection.closing, channel.closing, worker}
+            done, _ = await asyncio.wait(closing, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                if fut.cancelled():
+                    raise ConnectionError("RabbitMQ closed the link")
+                if fut.exception() is not None:
+                    raise fut.exception()  # type: ignore[misc]
+            raise ConnectionError("RabbitMQ closed the link")
+        finally:
+            if worker is not None:
+                worker.cancel()
+                with contextlib.suppress(BaseException):
+                    await worker
+            self._connection = None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), timeout=2)
+
+    async def _deliver(self, message: DeliveredMessage) -> None:
+        key = message.routing_key
+        if key is not None:
+            self._on_message(key, message.body)

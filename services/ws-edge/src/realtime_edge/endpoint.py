@@ -1,0 +1,194 @@
+"""`/ws` and `/ws/{stream}`: the handshake checks, then one connection's read loop.
+
+A raw ASGI app rather than Starlette's `WebSocket` wrapper: this is the hot path, and
+the denial response (401/403/404 before any upgrade) is the ASGI
+`websocket.http.response` extension, which the wrapper does not make simpler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from realtime_edge.closecodes import CloseCode
+from realtime_edge.connection import Connection
+from realtime_edge.errors import BrokerUnavailable, EdgeError, OriginForbidden, TooManyConnections
+from realtime_edge.handshake import Admission
+from realtime_edge.node import Node
+from realtime_edge.protocol import (
+    BINARY_ERROR_FRAME,
+    PONG_FRAME,
+    TOKEN_EXPIRED_FRAME,
+    Ping,
+    ProtocolError,
+    Refresh,
+    Session,
+    Subscribe,
+    Unsubscribe,
+    parse_command,
+)
+from realtime_shared.auth import AuthError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(code: str, message: str) -> bytes:
+    return orjson.dumps({"success": False, "error": {"code": code, "message": message}})
+
+
+async def deny(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+    """An HTTP response instead of the upgrade, so the client sees why it was refused."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)})
+        return
+    body = error_body(code, message)
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+class WebSocketEndpoint:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        admission = await self._admit(scope, send)
+        if admission is not None:
+            await self._serve(admission, receive, send)
+
+    async def _admit(self, scope: Scope, send: Send) -> Admission | None:
+        node = self.node
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        try:
+            if not node.ready:
+                raise BrokerUnavailable("the edge is not connected to RabbitMQ; retry shortly")
+            admission = node.handshake.admit(
+                path_stream=scope.get("path_params", {}).get("stream"),
+                query=query,
+                headers=headers,
+            )
+            limit = node.settings.edge_max_connections_per_user
+            if node.user_connections(admission.claims.sub) >= limit:
+                raise TooManyConnections(f"at most {limit} connections per user")
+        except AuthError as exc:
+            node.metrics.auth_failures.labels(exc.reason).inc()
+            await deny(scope, send, 401, "UNAUTHORIZED", str(exc))
+            return None
+        except EdgeError as exc:
+            if isinstance(exc, OriginForbidden):
+                node.metrics.auth_failures.labels("origin").inc()
+            await deny(scope, send, exc.status, exc.code, str(exc))
+            return None
+        return admission
+
+    async def _serve(self, admission: Admission, receive: Receive, send: Send) -> None:
+        node = self.node
+        settings = node.settings
+        session = Session(admission.claims, settings.edge_max_streams_per_connection)
+        session.commit(session.plan(admission.streams))
+        conn = Connection(uuid.uuid4().hex, session, send, settings.edge_send_queue)
+        pending = node.hold(conn.user_id, session.streams)  # binding overlaps the upgrade
+        await send({"type": "websocket.accept"})
+        node.opened(conn)
+        writer = asyncio.create_task(conn.write())
+        code: int = CloseCode.INTERNAL_ERROR
+        try:
+            await node.bound(pending)
+            if conn.close_code is None:
+                node.started(conn)
+                self._schedule_expiry(conn)
+            code = await self._read(conn, receive)
+        finally:
+            if conn.close_code is not None:
+                code = conn.close_code
+            conn.close(CloseCode.NORMAL)
+            node.closed(conn, code)
+            writer.cancel()
+            with contextlib.suppress(BaseException):
+                await writer
+
+    async def _read(self, conn: Connection, receive: Receive) -> int:
+        """Handle client frames until the socket closes; returns the close code seen."""
+        node = self.node
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return int(message.get("code", CloseCode.NORMAL))
+            text = message.get("text")
+            if text is None:
+                node.send(conn, BINARY_ERROR_FRAME)
+                continue
+            try:
+                command = parse_command(text)
+                if isinstance(command, Subscribe):
+                    await self._subscribe(conn, command)
+                elif isinstance(command, Unsubscribe):
+                    dropped = conn.session.drop(command.streams)
+                    for stream in dropped:
+                        node.hub.leave(conn, stream)
+                    node.release(conn.user_id, dropped)
+                    node.send(conn, conn.session.unsubscribed_frame())
+                elif isinstance(command, Ping):
+                    node.send(conn, PONG_FRAME)
+                elif isinstance(command, Refresh):
+                    self._refresh(conn, command)
+            except ProtocolError as exc:
+                log.info("bad client frame: %s", exc.message, extra={"connection_id": conn.id})
+                node.send(conn, exc.frame)
+
+    async def _subscribe(self, conn: Connection, command: Subscribe) -> None:
+        node = self.node
+        plan = conn.session.plan(command.streams)
+        futures = node.hold(conn.user_id, plan.add)
+        try:
+            await node.bound(futures)
+        except BaseException:
+            node.release(conn.user_id, plan.add)
+            raise
+        reply = conn.session.commit(plan)
+        if conn.started and conn.close_code is None:
+            for stream in plan.add:
+                node.hub.join(conn, stream)
+        node.send(conn, reply)
+
+    def _refresh(self, conn: Connection, command: Refresh) -> None:
+        try:
+            reply = conn.session.refresh(command.token, self.node.verifier.verify)
+        except ProtocolError:
+            self.node.metrics.auth_failures.labels("refresh").inc()
+            raise
+        self._schedule_expiry(conn)
+        self.node.send(conn, reply)
+
+    def _schedule_expiry(self, conn: Connection) -> None:
+        """A timer handle, not a task: idle connections must stay cheap."""
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, conn.session.exp - time.time())
+        conn.expiry = loop.call_later(delay, self._expire, conn)
+
+    def _expire(self, conn: Connection) -> None:
+        conn.expiry = None
+        self.node.hub.unregister(conn)  # nothing after `token.expired`
+        conn.deliver(TOKEN_EXPIRED_FRAME)
+        conn.close(CloseCode.TOKEN_EXPIRED)

@@ -1,0 +1,148 @@
+"""The node's routing table: which connections want the messages of each routing key.
+
+A connection holding stream ``s`` is listed under the user key ``s.<user>`` and the
+stream key ``s``, exactly the keys the consumer binds; so a consumed message's routing
+key names its recipients directly, with no parsing on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from realtime_edge.closecodes import CloseCode
+from realtime_edge.connection import Connection
+from realtime_edge.metrics import EdgeMetrics
+from realtime_shared.routing import stream_key, user_key
+
+log = logging.getLogger(__name__)
+
+
+def keys_for(stream: str, user_id: str) -> tuple[str, str]:
+    """The two routing keys a connection of `user_id` holding `stream` receives."""
+    return user_key(stream, user_id), stream_key(stream)
+
+
+class Hub:
+    def __init__(self, metrics: EdgeMetrics) -> None:
+        self._metrics = metrics
+        self._routes: dict[str, dict[Connection, None]] = {}
+        self._prefixes: dict[str, bytes] = {}
+        self.connections: dict[str, Connection] = {}
+        self._users: Counter[str] = Counter()
+
+    # -- membership -------------------------------------------------------------------
+
+    def register(self, conn: Connection) -> None:
+        """Route to `conn` the keys of every stream its session holds."""
+        self.connections[conn.id] = conn
+        self._users[conn.user_id] += 1
+        self._metrics.connections.inc()
+        for stream in conn.session.streams:
+            self.join(conn, stream)
+
+    def unregister(self, conn: Connection) -> None:
+        if self.connections.pop(conn.id, None) is None:
+            return
+        for stream in conn.session.streams:
+            self.leave(conn, stream)
+        self._users[conn.user_id] -= 1
+        if self._users[conn.user_id] <= 0:
+            del self._users[conn.user_id]
+        self._metrics.connections.dec()
+
+    def join(self, conn: Connection, stream: str) -> None:
+        for key in keys_for(stream, conn.user_id):
+            self._routes.setdefault(key, {})[conn] = None
+        self._metrics.stream_connections.labels(stream).inc()
+
+    def leave(self, conn: Connection, stream: str) -> None:
+        found = False
+        for key in keys_for(stream, conn.user_id):
+            members = self._routes.get(key)
+            if members is not None and conn in members:
+                found = True
+                del members[conn]
+                if not members:
+                    del self._routes[key]
+        if found:
+            self._metrics.stream_connections.labels(stream).dec()
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self.connections.values()))
+
+    # -- fan-out (the hot path) ---------------------------------------------------------
+
+    def dispatch(self, routing_key: str, body: bytes) -> None:
+        """Encode once, queue to every recipient without waiting; close the ones that are full."""
+        self._metrics.consumed.inc()
+        members = self._routes.get(routing_key)
+        if not members:
+            return
+        frame = self._frame(routing_key, body)
+        if frame is None:
+            return
+        delivered = 0
+        slow: list[Connection] | None = None
+        for conn in members:
+            if conn.deliver(frame):
+                delivered += 1
+            elif conn.close_code is None:
+                slow = slow or []
+                slow.append(conn)
+        self._metrics.delivered.inc(delivered)
+        if slow:
+            for conn in slow:
+                self.drop_slow(conn)
+
+    def drop_slow(self, conn: Connection) -> None:
+        log.warning(
+            "closing a slow consumer: its send queue is full",
+            extra={"connection_id": conn.id, "user_id": conn.user_id, "close_code": 1013},
+        )
+        self._metrics.slow_consumers.inc()
+        conn.close(CloseCode.TRY_AGAIN_LATER, flush=False)
+        self.unregister(conn)
+
+    def _frame(self, routing_key: str, body: bytes) -> str | None:
+        """The body as text with `stream` set from the key; re-encoded only when it differs."""
+        stream = routing_key.partition(".")[0]
+        prefix = self._prefixes.get(stream)
+        if prefix is None:
+            prefix = self._prefixes[stream] = b'{"stream":"' + stream.encode() + b'",'
+        if body.startswith(prefix):
+            try:
+                return body.decode()
+            except UnicodeDecodeError:
+                pass
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict) or not isinstance(obj.get("event"), str):
+            self._metrics.dropped.inc()
+            log.warning("dropping a message on %r that is not a JSON envelope", routing_key)
+            return None
+        obj.pop("stream", None)
+        return orjson.dumps({"stream": stream, **obj}).decode()
+
+    # -- admin --------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        streams: dict[str, dict[str, int]] = {}
+        for key, members in self._routes.items():
+            if "." in key:
+                continue
+            streams[key] = {
+                "connections": len(members),
+                "users": len({conn.user_id for conn in members}),
+            }
+        return {
+            "connections": len(self.connections),
+            "users": len(self._users),
+            "streams": streams,
+        }

@@ -1,0 +1,50 @@
+"""Prometheus metrics of one edge process, in a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "EdgeMetrics"]
+
+
+class EdgeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Gauge("edge_connections", "Open WebSocket connections", registry=r)
+        self.stream_connections = Gauge(
+            "edge_stream_connections", "Connections holding each stream", ["stream"], registry=r
+        )
+        self.opened = Counter("edge_connections_opened", "Connections accepted", registry=r)
+        self.closed = Counter(
+            "edge_connections_closed", "Connections closed, by close code", ["code"], registry=r
+        )
+        self.consumed = Counter(
+            "edge_messages_consumed", "Messages consumed from RabbitMQ", registry=r
+        )
+        self.delivered = Counter(
+            "edge_messages_delivered", "Frames queued to connections from RabbitMQ", registry=r
+        )
+        self.dropped = Counter(
+            "edge_messages_invalid", "Consumed messages dropped as not an envelope", registry=r
+        )
+        self.slow_consumers = Counter(
+            "edge_slow_consumer_drops",
+            "Connections closed because their queue was full",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "edge_auth_failures",
+            "Refused handshakes and refreshes, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.bindings = Gauge("edge_bindings", "Routing keys bound to the node's queue", registry=r)
+        self.broker_reconnects = Counter(
+            "edge_broker_reconnects", "Times consumption resumed after losing RabbitMQ", registry=r
+        )
+        self.broker_up = Gauge("edge_broker_up", "1 while consuming from RabbitMQ", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,69 @@
+"""The edge's settings: the contract's EDGE_* variables with documented defaults."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from realtime_shared.settings import CommaList, RealtimeSettings, split_commas
+
+DEFAULT_PING_INTERVAL = 54.0
+"""Under the 60 s idle timeout of common proxies (nginx, ALBs), so they keep the socket."""
+
+DEFAULT_PONG_TIMEOUT = 60.0
+"""A peer silent for a whole ping interval plus a few seconds is gone."""
+
+DEFAULT_SEND_QUEUE = 64
+"""Messages buffered per connection: absorbs bursts; beyond it a client is too slow."""
+
+DEFAULT_MAX_FRAME_BYTES = 65536
+"""Client frames are small control messages; a bigger one is abuse or a bug (close 1009)."""
+
+DEFAULT_UNBIND_DELAY = 5.0
+"""A reload or a reconnect within this window keeps the broker binding instead of churning it."""
+
+DEFAULT_MAX_CONNECTIONS_PER_USER = 32
+"""Enough for many tabs and devices; stops one account from exhausting a node."""
+
+DEFAULT_MAX_STREAMS_PER_CONNECTION = 16
+"""More than the catalog holds, so only a misbehaving client meets it."""
+
+DEFAULT_NOTIFICATIONS_URL = "http://localhost:8081"
+
+
+class EdgeSettings(RealtimeSettings):
+    """Everything `ws-edge` reads from the environment (and `.env`) when it starts."""
+
+    edge_ping_interval: float = Field(default=DEFAULT_PING_INTERVAL, gt=0)
+    edge_pong_timeout: float = Field(default=DEFAULT_PONG_TIMEOUT, gt=0)
+    edge_send_queue: int = Field(default=DEFAULT_SEND_QUEUE, ge=1)
+    edge_allowed_origins: CommaList = Field(default_factory=list)
+    edge_max_frame_bytes: int = Field(default=DEFAULT_MAX_FRAME_BYTES, ge=128)
+    edge_unbind_delay: float = Field(default=DEFAULT_UNBIND_DELAY, ge=0)
+    edge_max_connections_per_user: int = Field(default=DEFAULT_MAX_CONNECTIONS_PER_USER, ge=1)
+    edge_max_streams_per_connection: int = Field(default=DEFAULT_MAX_STREAMS_PER_CONNECTION, ge=1)
+    edge_demo: bool | None = Field(default=None, description="serve the demo page (default: --dev)")
+    edge_notifications_url: str = DEFAULT_NOTIFICATIONS_URL
+    edge_per_message_deflate: bool = False
+
+    @field_validator("edge_allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        return split_commas(value)
+
+    @model_validator(mode="after")
+    def _pong_after_ping(self) -> EdgeSettings:
+        if self.edge_pong_timeout <= self.edge_ping_interval:
+            raise ValueError(
+                "EDGE_PONG_TIMEOUT must be longer than EDGE_PING_INTERVAL "
+                "(a pong can only come after a ping)"
+            )
+        return self
+
+    @property
+    def demo_enabled(self) -> bool:
+        return self.dev if self.edge_demo is None else self.edge_demo
+
+    @property
+    def pong_wait(self) -> float:
+        """How long after a ping its pong may take: the pong deadline counts from the last pong."""
+        return self.edge_pong_timeout - self.edge_ping_interval

@@ -1,0 +1,151 @@
+"""The protocol core without sockets: every control frame, every bad input, every reply."""
+
+import orjson
+import pytest
+
+from realtime_edge.protocol import (
+    Ping,
+    ProtocolError,
+    Refresh,
+    Session,
+    Subscribe,
+    Unsubscribe,
+    parse_command,
+)
+from realtime_shared.auth import Claims, TokenExpired
+
+pytestmark = pytest.mark.unit
+
+
+def claims(
+    sub: str = "alice", streams: list[str] | None = None, exp: int = 2_000_000_000
+) -> Claims:
+    return Claims(sub=sub, exp=exp, streams=None if streams is None else frozenset(streams))
+
+
+def frame(text: str) -> dict[str, object]:
+    out = orjson.loads(text)
+    assert isinstance(out, dict)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("text", "command"),
+    [
+        ('{"action":"subscribe","streams":["chat"," SSH ","chat"]}', Subscribe(["chat", "ssh"])),
+        ('{"action":"unsubscribe","streams":[]}', Unsubscribe([])),
+        ('{"action":"ping"}', Ping()),
+        ('{"action":"refresh","token":"abc"}', Refresh("abc")),
+    ],
+)
+def test_control_frames_parse(text: str, command: object) -> None:
+    assert parse_command(text) == command
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("not json", "INVALID_JSON"),
+        ("", "INVALID_JSON"),
+        ("[1,2]", "INVALID_FRAME"),
+        ('"ping"', "INVALID_FRAME"),
+        ('{"streams":["chat"]}', "INVALID_FRAME"),
+        ('{"action":5}', "INVALID_FRAME"),
+        ('{"action":"dance"}', "UNKNOWN_ACTION"),
+        ('{"action":"subscribe"}', "INVALID_FRAME"),
+        ('{"action":"subscribe","streams":"chat"}', "INVALID_FRAME"),
+        ('{"action":"subscribe","streams":[1]}', "INVALID_FRAME"),
+        ('{"action":"unsubscribe","streams":null}', "INVALID_FRAME"),
+        ('{"action":"refresh"}', "INVALID_FRAME"),
+        ('{"action":"refresh","token":""}', "INVALID_FRAME"),
+    ],
+)
+def test_bad_frames_get_an_error_frame_with_a_code(text: str, code: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_command(text)
+    reply = frame(info.value.frame)
+    assert reply["stream"] == "system"
+    assert reply["event"] == "error"
+    assert reply["data"] == {"code": code, "message": info.value.message}
+
+
+def test_subscribe_reports_every_held_stream_and_each_rejection() -> None:
+    session = Session(claims(streams=["notifications", "chat"]), max_streams=8)
+    session.commit(session.plan(["notifications"]))
+    plan = session.plan(["chat", "nope", "ssh", "system", "notifications"])
+    assert plan.add == ["chat"]
+    reply = frame(session.commit(plan))
+    assert reply == {
+        "stream": "system",
+        "event": "subscribed",
+        "data": {
+            "streams": ["notifications", "chat"],
+            "rejected": [
+                {"stream": "nope", "code": "NOT_FOUND"},
+                {"stream": "ssh", "code": "FORBIDDEN"},
+                {"stream": "system", "code": "NOT_FOUND"},
+            ],
+        },
+    }
+
+
+def test_subscribe_without_rejections_omits_the_key() -> None:
+    session = Session(claims(), max_streams=8)
+    assert frame(session.commit(session.plan(["chat"])))["data"] == {"streams": ["chat"]}
+
+
+def test_the_stream_limit_rejects_the_overflow() -> None:
+    session = Session(claims(), max_streams=2)
+    session.commit(session.plan(["notifications"]))
+    plan = session.plan(["chat", "ssh"])
+    assert plan.add == ["chat"]
+    assert plan.rejected == [{"stream": "ssh", "code": "TOO_MANY_STREAMS"}]
+
+
+def test_unsubscribe_drops_only_held_streams_and_lists_the_rest() -> None:
+    session = Session(claims(), max_streams=8)
+    session.commit(session.plan(["notifications", "chat"]))
+    assert session.drop(["chat", "rdp", "system"]) == ["chat"]
+    assert frame(session.unsubscribed_frame()) == {
+        "stream": "system",
+        "event": "unsubscribed",
+        "data": {"streams": ["notifications"]},
+    }
+
+
+def test_connected_and_resync_frames() -> None:
+    session = Session(claims("bob"), max_streams=8)
+    session.commit(session.plan(["notifications"]))
+    assert frame(session.connected_frame("c1")) == {
+        "stream": "system",
+        "event": "connected",
+        "data": {"connection_id": "c1", "user_id": "bob", "streams": ["notifications"]},
+    }
+    assert frame(session.resync_frame())["data"] == {"streams": ["notifications"]}
+
+
+def test_refresh_for_the_same_user_moves_the_deadline() -> None:
+    session = Session(claims(exp=100), max_streams=8)
+    reply = frame(session.refresh("t", lambda _: claims(exp=200)))
+    assert reply == {"stream": "system", "event": "refreshed", "data": {"exp": 200}}
+    assert session.exp == 200
+
+
+def test_refresh_for_another_user_changes_nothing() -> None:
+    session = Session(claims(exp=100), max_streams=8)
+    with pytest.raises(ProtocolError) as info:
+        session.refresh("t", lambda _: claims("mallory", exp=200))
+    assert info.value.code == "UNAUTHORIZED"
+    assert session.exp == 100
+    assert session.user_id == "alice"
+
+
+def test_refresh_with_an_invalid_token_changes_nothing() -> None:
+    def verify(token: str) -> Claims:
+        raise TokenExpired("token has expired")
+
+    session = Session(claims(exp=100), max_streams=8)
+    with pytest.raises(ProtocolError) as info:
+        session.refresh("t", verify)
+    assert info.value.code == "UNAUTHORIZED"
+    assert session.exp == 100
