@@ -1,0 +1,240 @@
+"""RealtimeClient against an in-process stand-in for the edge (its wire protocol, no broker).
+
+The scripted edge lets these tests force what the real one does rarely: a 4001, a
+terminal close, a refused handshake. tests/clients/test_client_edge.py runs the client
+against the real edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import pytest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from realtime_shared.auth import issue_token
+from realtime_shared.client import (
+    Backoff,
+    ConnectionEnded,
+    ConnectionRejected,
+    RealtimeClient,
+    RequestFailed,
+    token_expiry,
+)
+from realtime_shared.envelope import Envelope
+
+pytestmark = pytest.mark.component
+
+FAST = Backoff(base=0.01, cap=0.05, stable_after=60)
+KNOWN = {"notifications", "chat", "ssh", "rdp"}
+
+
+def system(event: str, **data: Any) -> str:
+    frame: dict[str, Any] = {"stream": "system", "event": event}
+    if data:
+        frame["data"] = data
+    return orjson.dumps(frame).decode()
+
+
+class ScriptedEdge:
+    """Speaks the edge's protocol; tests reach in through `connections` to script the rest."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self.urls: list[str] = []
+        self.frames: list[dict[str, Any]] = []
+        self.reject: int | None = None
+        self.connections: asyncio.Queue[ServerConnection] = asyncio.Queue()
+        self.server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}/ws"
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.tokens.append(request.headers.get("Authorization", "").removeprefix("Bearer "))
+        self.urls.append(request.path)
+        if self.reject is not None:
+            body = {"success": False, "error": {"code": "UNAUTHORIZED", "message": "bad token"}}
+            return connection.respond(self.reject, orjson.dumps(body).decode())
+        return None
+
+    async def handler(self, ws: ServerConnection) -> None:
+        query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
+        held = [s for s in query.get("streams", ["notifications"])[0].split(",") if s]
+        await ws.send(system("connected", connection_id="c", user_id="alice", streams=held))
+        await self.connections.put(ws)
+        async for raw in ws:
+            frame = orjson.loads(raw)
+            self.frames.append(frame)
+            action, streams = frame.get("action"), frame.get("streams", [])
+            if action == "subscribe":
+                rejected = [{"stream": s, "code": "NOT_FOUND"} for s in streams if s not in KNOWN]
+                held += [s for s in streams if s in KNOWN and s not in held]
+                data: dict[str, Any] = {"streams": held}
+                if rejected:
+                    data["rejected"] = rejected
+                await ws.send(system("subscribed", **data))
+            elif action == "unsubscribe":
+                held = [s for s in held if s not in streams]
+                await ws.send(system("unsubscribed", streams=held))
+            elif action == "refresh":
+                await ws.send(system("refreshed", exp=token_expiry(frame["token"])))
+
+
+@pytest.fixture
+async def edge() -> AsyncIterator[ScriptedEdge]:
+    fake = ScriptedEdge()
+    async with serve(fake.handler, "127.0.0.1", 0, process_request=fake.process_request) as server:
+        fake.server = server
+        yield fake
+
+
+def tokens(first_ttl: int = 3600) -> Callable[[], str]:
+    """Mints a new token (distinct `jti`) at each call; the first lives `first_ttl` seconds."""
+    count = 0
+
+    def provide() -> str:
+        nonlocal count
+        count += 1
+        ttl = first_ttl if count == 1 else 3600
+        return issue_token("alice", "k" * 32, ttl=ttl, extra={"jti": str(count)})
+
+    return provide
+
+
+async def next_envelope(client: RealtimeClient) -> Envelope:
+    async with asyncio.timeout(5):
+        return await anext(client)
+
+
+async def test_yields_stream_envelopes_but_not_the_edges_replies(edge: ScriptedEdge) -> None:
+    async with RealtimeClient(edge.url, tokens(), backoff=FAST) as client:
+        ws = await edge.connections.get()
+        assert client.state == "open"
+        assert client.streams == ["notifications"]
+        await client.subscribe("chat")
+        await ws.send(system("pong"))
+        await ws.send('{"stream":"chat","event":"message.new","data":{"text":"hi"}}')
+        envelope = await next_envelope(client)
+        assert (envelope.stream, envelope.event, envelope.data) == (
+            "chat",
+            "message.new",
+            {"text": "hi"},
+        )
+        assert edge.tokens[0] and "streams=notifications" in edge.urls[0]
+
+
+async def test_reconnects_with_a_fresh_token_resubscribes_and_signals_resync(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(edge.url, tokens(), backoff=FAST) as client:
+        first = await edge.connections.get()
+        await client.subscribe("chat", "ssh")
+        await first.close(1001, "server shutting down")
+
+        second = await edge.connections.get()
+        resync = await next_envelope(client)
+        assert (resync.stream, resync.event, resync.data["reason"]) == (
+            "system",
+            "resync",
+            "reconnect",
+        )
+        assert "streams=notifications%2Cchat%2Cssh" in edge.urls[1]
+        assert len(set(edge.tokens)) == 2
+        await second.send('{"stream":"ssh","event":"output","data":{"line":"$"}}')
+        assert (await next_envelope(client)).event == "output"
+        assert client.state == "open"
+
+
+async def test_an_edge_resync_event_reaches_the_consumer(edge: ScriptedEdge) -> None:
+    async with RealtimeClient(edge.url, tokens(), backoff=FAST) as client:
+        ws = await edge.connections.get()
+        await ws.send(system("resync", streams=["notifications"]))
+        envelope = await next_envelope(client)
+        assert (envelope.event, envelope.data["reason"]) == ("resync", "event")
+
+
+async def test_a_refused_handshake_raises_instead_of_retrying(edge: ScriptedEdge) -> None:
+    edge.reject = 401
+    client = RealtimeClient(edge.url, tokens(), backoff=FAST)
+    with pytest.raises(ConnectionRejected) as caught:
+        await client.connect()
+    assert (caught.value.status, caught.value.code) == (401, "UNAUTHORIZED")
+    assert len(edge.tokens) == 1
+    assert client.state == "closed"
+
+
+async def test_a_terminal_close_ends_the_iteration_with_its_code(edge: ScriptedEdge) -> None:
+    async with RealtimeClient(edge.url, tokens(), backoff=FAST) as client:
+        ws = await edge.connections.get()
+        await ws.close(1008, "too many connections")
+        with pytest.raises(ConnectionEnded) as caught:
+            await next_envelope(client)
+        assert caught.value.code == 1008
+        assert len(edge.urls) == 1
+
+
+async def test_token_expiry_means_a_new_token_then_a_reconnect(edge: ScriptedEdge) -> None:
+    async with RealtimeClient(edge.url, tokens(), backoff=FAST) as client:
+        ws = await edge.connections.get()
+        await ws.send(system("token.expired"))
+        await ws.close(4001, "token expired")
+        await edge.connections.get()
+        assert (await next_envelope(client)).event == "resync"
+        assert len(set(edge.tokens)) == 2
+
+
+async def test_refreshes_the_token_before_exp(edge: ScriptedEdge) -> None:
+    provider = tokens(first_ttl=2)
+    async with RealtimeClient(edge.url, provider, backoff=FAST):
+        await edge.connections.get()
+        deadline = time.monotonic() + 5
+        while not any(f.get("action") == "refresh" for f in edge.frames):
+            assert time.monotonic() < deadline, "no refresh was sent before exp"
+            await asyncio.sleep(0.05)
+        refresh = next(f for f in edge.frames if f.get("action") == "refresh")
+        assert refresh["token"] != edge.tokens[0]
+        assert len(edge.urls) == 1  # refreshed in place, no reconnect
+
+
+async def test_rejected_streams_raise_and_are_not_asked_for_again(edge: ScriptedEdge) -> None:
+    async with RealtimeClient(edge.url, tokens(), backoff=FAST) as client:
+        ws = await edge.connections.get()
+        with pytest.raises(RequestFailed) as caught:
+            await client.subscribe("chat", "nope")
+        assert caught.value.rejected == [{"stream": "nope", "code": "NOT_FOUND"}]
+        assert client.streams == ["notifications", "chat"]
+        await ws.close(1001)
+        await edge.connections.get()
+        assert "nope" not in edge.urls[1] and "chat" in edge.urls[1]
+
+
+async def test_unsubscribe_drops_the_stream(edge: ScriptedEdge) -> None:
+    async with RealtimeClient(
+        edge.url, tokens(), ["notifications", "chat"], backoff=FAST
+    ) as client:
+        await edge.connections.get()
+        assert await client.unsubscribe("chat") == ["notifications"]
+
+
+async def test_close_stops_for_good(edge: ScriptedEdge) -> None:
+    client = RealtimeClient(edge.url, tokens(), backoff=FAST)
+    await client.connect()
+    ws = await edge.connections.get()
+    await client.close()
+    assert client.state == "closed"
+    with pytest.raises(StopAsyncIteration):
+        await next_envelope(client)
+    with suppress(Exception):
+        await ws.wait_closed()
+    assert len(edge.urls) == 1
