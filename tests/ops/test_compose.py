@@ -1,0 +1,140 @@
+"""compose.yaml, as Debian's docker-compose parses and interpolates it (no engine needed)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+from support.ops import COMPOSE_FILE, EXAMPLE_ENV, FILLED_SECRETS, clean_env, require_tool
+
+pytestmark = pytest.mark.unit
+
+SERVICES = {"rabbitmq", "postgres", "migrate", "notifications", "edge", "proxy"}
+
+
+def compose_config(env_file: Path, **environ: str) -> subprocess.CompletedProcess[str]:
+    compose = require_tool("docker-compose")
+    return subprocess.run(
+        [compose, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config"],
+        capture_output=True,
+        text=True,
+        env=clean_env(**environ),
+        timeout=60,
+        check=False,
+    )
+
+
+def operator_env(tmp_path: Path, **overrides: str) -> Path:
+    """deploy/example.env as an operator fills it in: the three secrets, plus any overrides."""
+    values = {**FILLED_SECRETS, **overrides}
+    lines = []
+    for line in EXAMPLE_ENV.read_text().splitlines():
+        key = line.lstrip("# ").split("=", 1)[0]
+        lines.append(f"{key}={values.pop(key)}" if key in values and "=" in line else line)
+    lines += [f"{key}={value}" for key, value in values.items()]
+    path = tmp_path / ".env"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def rendered(tmp_path: Path, **overrides: str) -> dict[str, Any]:
+    result = compose_config(operator_env(tmp_path, **overrides))
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+def test_the_example_env_as_shipped_is_refused_until_the_secrets_are_written() -> None:
+    result = compose_config(EXAMPLE_ENV)
+
+    assert result.returncode != 0
+    assert "in .env (see deploy/example.env)" in result.stderr
+
+
+@pytest.mark.parametrize("secret", sorted(FILLED_SECRETS))
+def test_each_secret_is_required(tmp_path: Path, secret: str) -> None:
+    result = compose_config(operator_env(tmp_path, **{secret: ""}))
+
+    assert result.returncode != 0
+    assert f"write {secret} in .env" in result.stderr
+
+
+def test_the_stack_is_the_documented_one(tmp_path: Path) -> None:
+    services = rendered(tmp_path)["services"]
+
+    assert set(services) == SERVICES
+    assert services["edge"]["deploy"]["replicas"] == 2
+    assert services["notifications"]["deploy"]["replicas"] == 2
+    assert "management" in services["rabbitmq"]["image"]
+    for name in ("rabbitmq", "postgres", "proxy"):
+        assert services[name]["healthcheck"]["test"], name
+    # Replicas start only after the one-shot migration, never racing each other to migrate.
+    assert services["notifications"]["depends_on"]["migrate"] == {
+        "condition": "service_completed_successfully"
+    }
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["proxy"]["depends_on"]["edge"] == {"condition": "service_healthy"}
+
+
+def test_state_lives_in_named_volumes(tmp_path: Path) -> None:
+    config = rendered(tmp_path)
+
+    assert set(config["volumes"]) == {"rabbitmq-data", "postgres-data"}
+    volumes = {name: svc.get("volumes", []) for name, svc in config["services"].items()}
+    assert "rabbitmq-data:/var/lib/rabbitmq:rw" in volumes["rabbitmq"]
+    assert "postgres-data:/var/lib/postgresql/data:rw" in volumes["postgres"]
+    # RabbitMQ names its data directory after the node, i.e. the host name: it must be fixed.
+    assert config["services"]["rabbitmq"]["hostname"] == "rabbitmq"
+
+
+def test_services_get_their_secrets_and_urls_from_env(tmp_path: Path) -> None:
+    services = rendered(tmp_path)["services"]
+    rabbit = FILLED_SECRETS["RABBITMQ_PASSWORD"]
+    postgres = FILLED_SECRETS["POSTGRES_PASSWORD"]
+
+    for name in ("edge", "notifications", "migrate"):
+        env = services[name]["environment"]
+        assert env["JWT_SECRET"] == FILLED_SECRETS["JWT_SECRET"], name
+        assert env["AMQP_URL"] == f"amqp://realtime:{rabbit}@rabbitmq:5672/", name
+        assert env["LOG_FORMAT"] == "json", name
+    for name in ("notifications", "migrate"):
+        assert services[name]["environment"]["DATABASE_URL"] == (
+            f"postgresql+asyncpg://realtime:{postgres}@postgres:5432/realtime"
+        )
+    assert "DATABASE_URL" not in services["edge"]["environment"]
+    assert services["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_PASS"] == rabbit
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == postgres
+
+
+def test_only_the_proxy_is_published_and_by_default_on_loopback(tmp_path: Path) -> None:
+    services = rendered(tmp_path)["services"]
+    published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
+
+    assert published == {
+        "proxy": ["127.0.0.1:8000:8000/tcp"],
+        # The management UI is for the operator on this host only.
+        "rabbitmq": ["127.0.0.1:15672:15672/tcp"],
+    }
+
+
+def test_operator_overrides_reach_the_stack(tmp_path: Path) -> None:
+    config = rendered(
+        tmp_path, EDGE_REPLICAS="4", HTTP_BIND="0.0.0.0", HTTP_PORT="9000", LOG_FORMAT="text"
+    )
+    services = config["services"]
+
+    assert services["edge"]["deploy"]["replicas"] == 4
+    assert services["proxy"]["ports"] == ["0.0.0.0:9000:8000/tcp"]
+    assert services["edge"]["environment"]["LOG_FORMAT"] == "text"
+
+
+def test_the_proxy_runs_the_repository_config(tmp_path: Path) -> None:
+    proxy = rendered(tmp_path)["services"]["proxy"]
+    mounts = [volume.split(":") for volume in proxy["volumes"]]
+
+    assert [
+        (Path(src).relative_to(COMPOSE_FILE.parent).as_posix(), dst) for src, dst, _ in mounts
+    ] == [("deploy/nginx/nginx.conf", "/etc/nginx/nginx.conf")]

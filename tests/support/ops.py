@@ -1,0 +1,160 @@
+"""Helpers for the ops tests: the repository's deploy files and the real tools that check them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "compose.yaml"
+EXAMPLE_ENV = ROOT / "deploy" / "example.env"
+NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
+DOCKERFILES = {
+    "realtime-ws-edge": ROOT / "services" / "ws-edge" / "Dockerfile",
+    "realtime-notifications": ROOT / "services" / "notifications" / "Dockerfile",
+}
+
+# Placeholder secrets for parsing only; never used anywhere real.
+FILLED_SECRETS = {
+    "JWT_SECRET": "0123456789abcdef0123456789abcdef-test-only",
+    "RABBITMQ_PASSWORD": "rabbit-test-only",
+    "POSTGRES_PASSWORD": "postgres-test-only",
+}
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; skip without it, except under CI=true where it must be installed."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+    if path:
+        return path
+    reason = f"{name} is not installed (scripts/ci-setup/10-ops-tools.sh installs it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI=true: a missing tool is a failure")
+    pytest.skip(reason)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """A minimal environment, so the caller's own JWT_SECRET or .env cannot leak into a check."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], deadline_s: float = 10.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"process exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listened on 127.0.0.1:{port} within {deadline_s} s")
+
+
+def replace_once(text: str, old: str, new: str) -> str:
+    """Fail loudly when the shipped config no longer has the line a test copy rewrites."""
+    count = text.count(old)
+    assert count == 1, f"expected exactly one {old!r} in the shipped config, found {count}"
+    return text.replace(old, new)
+
+
+@dataclass(frozen=True)
+class ProxyFiles:
+    prefix: Path
+    conf: Path
+    access_log: Path
+    error_log: Path
+
+
+def proxy_test_copy(
+    tmp: Path, *, listen: int, edge: str | None = None, api: str | None = None
+) -> ProxyFiles:
+    """deploy/nginx/nginx.conf with only what cannot work here rewritten.
+
+    In compose the upstreams are the service names `edge` and `notifications`, resolved by
+    Docker's DNS while the proxy runs; here they become loopback addresses of test servers.
+    Without `edge`/`api` the service names stay (nginx resolves them only per request).
+    Logs go to files the test reads; everything else (routes, headers, timeouts, log format,
+    error pages) is the shipped config, unchanged.
+    """
+    files = ProxyFiles(tmp, tmp / "nginx.conf", tmp / "access.log", tmp / "error.log")
+    text = NGINX_CONF.read_text()
+    text = replace_once(text, "listen 8000;", f"listen 127.0.0.1:{listen};")
+    if edge is not None:
+        text = replace_once(text, "set $edge_upstream edge:8080;", f"set $edge_upstream {edge};")
+    if api is not None:
+        text = replace_once(
+            text, "set $api_upstream notifications:8081;", f"set $api_upstream {api};"
+        )
+    text = replace_once(text, "error_log /dev/stderr crit;", f"error_log {files.error_log} crit;")
+    text = replace_once(
+        text, "access_log /dev/stdout realtime;", f"access_log {files.access_log} realtime;"
+    )
+    temp_paths = "".join(
+        f"    {kind}_temp_path {tmp / kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    text = replace_once(text, "http {\n", "http {\n" + temp_paths)
+    files.conf.write_text(text)
+    return files
+
+
+def nginx_command(nginx: str, files: ProxyFiles, *args: str) -> list[str]:
+    return [
+        nginx,
+        "-p",
+        str(files.prefix),
+        "-c",
+        str(files.conf),
+        "-e",
+        str(files.error_log),
+        "-g",
+        f"pid {files.prefix / 'nginx.pid'};" + (" daemon off;" if "-t" not in args else ""),
+        *args,
+    ]
+
+
+@contextmanager
+def running_nginx(nginx: str, files: ProxyFiles, port: int) -> Iterator[None]:
+    """nginx in the foreground on `port` until the block ends; stopped even when a test fails."""
+    process = subprocess.Popen(nginx_command(nginx, files), stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def access_log_lines(files: ProxyFiles, count: int, deadline_s: float = 5.0) -> list[str]:
+    """nginx writes a request's access line after its response: wait for `count` of them."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        lines = files.access_log.read_text().splitlines() if files.access_log.exists() else []
+        if len(lines) >= count:
+            return lines
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(lines)} access log lines after {deadline_s} s: {lines}")
+        time.sleep(0.02)
