@@ -167,6 +167,7 @@ async def test_api_goes_to_notifications_and_the_page_to_the_edge(proxy: Proxy) 
         )
         page = await client.get("/")
         script = await client.get("/static/realtime.js")
+        demo = await client.get("/demo/config.json")
         health = await client.get("/healthz")
 
     assert api.json()["backend"] == "notifications"
@@ -178,6 +179,7 @@ async def test_api_goes_to_notifications_and_the_page_to_the_edge(proxy: Proxy) 
     assert "upgrade" not in api.json()["headers"]
     assert (page.json()["backend"], page.json()["path"]) == ("edge", "/")
     assert (script.json()["backend"], script.json()["path"]) == ("edge", "/static/realtime.js")
+    assert (demo.json()["backend"], demo.json()["path"]) == ("edge", "/demo/config.json")
     assert (health.status_code, health.text) == (200, "ok\n")
 
 
