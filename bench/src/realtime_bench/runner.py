@@ -1,0 +1,486 @@
+"""The scenarios, run side by side: every target once per repetition, in turn.
+
+Per target and repetition: start the server, connect N clients (the `connect`
+scenario), measure idle memory, fan out at each rate, broadcast, reconnect a
+larger crowd (`connect big`), stop. Then, for ws-edge only, hold many
+connections with fan-out still working (`hold`) and REST → WebSocket on SQLite
+and PostgreSQL (`rest`). Every result is one JSON line handed to `sink`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import jwt
+import psutil
+
+from realtime_bench.monitor import Monitor
+from realtime_bench.profile import Profiler
+from realtime_bench.report import Result, latency_summary
+from realtime_bench.rpc import Remote
+from realtime_bench.supervisor import Supervisor, venv_script
+from realtime_bench.targets import TARGETS, Context, Server, Target, free_port, wait_ready
+
+SETTLE_SECONDS = 0.5
+"""Idle pause before reading RSS after connecting, so allocations of the handshakes land."""
+POLL_SECONDS = 0.05
+
+
+@dataclass
+class Options:
+    targets: list[str]
+    scenarios: set[str]
+    reps: int = 3
+    clients: int = 1000
+    rates: list[int] = field(default_factory=lambda: [1000, 3000])
+    duration: float = 5.0
+    broadcasts: int = 20
+    broadcast_rate: float = 10.0
+    connect_n: int = 5000
+    hold_n: int = 10000
+    rest_rate: float = 200.0
+    rest_duration: float = 5.0
+    rest_users: int = 100
+    rest_databases: list[str] = field(default_factory=lambda: ["sqlite", "postgresql"])
+    client_procs: int = 2
+    concurrency: int = 1000
+    drain_seconds: float = 3.0
+    connect_timeout: float = 30.0
+    profile: bool = False
+    postgres_url: str | None = None
+    edge_env: dict[str, str] = field(default_factory=dict)
+
+
+Progress = Callable[[str], None]
+Sink = Callable[[Result], None]
+
+
+class Runner:
+    def __init__(
+        self, opts: Options, ctx: Context, supervisor: Supervisor, sink: Sink, progress: Progress
+    ) -> None:
+        self.opts = opts
+        self.ctx = ctx
+        self.supervisor = supervisor
+        self.sink = sink
+        self.progress = progress
+        self.clients: list[Remote] = []
+        self.publisher: Remote | None = None
+        self.profiles: list[str] = []
+
+    async def setup(self) -> None:
+        for i in range(self.opts.client_procs):
+            self.clients.append(
+                await self.supervisor.worker(f"clients-{i}", "realtime_bench.clients")
+            )
+        self.publisher = await self.supervisor.worker("publisher", "realtime_bench.publisher")
+
+    async def run(self) -> None:
+        await self.setup()
+        per_target = {"connect", "fanout", "broadcast"} & self.opts.scenarios
+        for rep in range(self.opts.reps):
+            for name in self.opts.targets:
+                if per_target:
+                    await self.target_round(TARGETS[name], rep)
+        if "hold" in self.opts.scenarios and "ws-edge" in self.opts.targets:
+            await self.hold_round()
+        if "rest" in self.opts.scenarios and "ws-edge" in self.opts.targets:
+            for rep in range(self.opts.reps):
+                for db in self.opts.rest_databases:
+                    await self.rest_round(db, rep)
+
+    # -- building blocks ------------------------------------------------------------------
+
+    def emit(self, scenario: str, target: str, rep: int, variant: str | None, **m: Any) -> None:
+        result: Result = {"scenario": scenario, "target": target, "rep": rep}
+        if variant:
+            result["variant"] = variant
+        result.update(m)
+        self.sink(result)
+        shown = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in m.items()
+            if not isinstance(v, list | dict)
+        )
+        self.progress(f"  {scenario} {variant or ''} {target} #{rep + 1}: {shown}")
+
+    @contextlib.asynccontextmanager
+    async def server(self, target: Target, label: str) -> AsyncIterator[Server]:
+        exchange = f"bench-{self.ctx.run_id}-{label}"
+        await self._exchange(exchange, declare=target.exchange_type)
+        ctx = self.ctx
+        if target.name == "ws-edge" and self.opts.edge_env:
+            ctx = Context(ctx.amqp_url, ctx.secret, ctx.run_id, ctx.log_dir, self.opts.edge_env)
+        server: Server | None = None
+        try:
+            server = await target.start(self.supervisor, ctx, label)
+            server.monitor.start()
+            assert self.publisher is not None
+            await self.publisher.call(
+                "open", mode=target.publish_mode, amqp_url=ctx.amqp_url, exchange=exchange
+            )
+            yield server
+        finally:
+            if self.publisher is not None:
+                await self.publisher.call("close")
+            await self._close_clients()
+            if server is not None:
+                await server.monitor.stop()
+                await self.supervisor.stop(server.process)
+            await self._exchange(exchange, declare=None, delete=True)
+
+    async def _exchange(self, name: str, declare: str | None, delete: bool = False) -> None:
+        connection = await aio_pika.connect(self.ctx.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            if declare:
+                await channel.declare_exchange(name, aio_pika.ExchangeType(declare), durable=True)
+            if delete:
+                await channel.exchange_delete(name)
+
+    async def _close_clients(self) -> None:
+        await asyncio.gather(*(c.call("close") for c in self.clients))
+
+    def _split(self, users: list[str]) -> list[list[str]]:
+        parts = len(self.clients)
+        return [users[i::parts] for i in range(parts) if users[i::parts]]
+
+    async def connect(self, server: Server, users: list[str]) -> dict[str, Any]:
+        replies = await asyncio.gather(
+            *(
+                client.call(
+                    "connect",
+                    wait=self.opts.connect_timeout + 30,
+                    dialect=server.target.dialect,
+                    host=server.host,
+                    port=server.port,
+                    users=chunk,
+                    secret=self.ctx.secret,
+                    concurrency=self.opts.concurrency,
+                    limit_seconds=self.opts.connect_timeout,
+                )
+                for client, chunk in zip(self.clients, self._split(users), strict=False)
+            )
+        )
+        seconds = max(r["finished"] for r in replies) - min(r["started"] for r in replies)
+        subscribed = sum(r["subscribed"] for r in replies)
+        errors = sorted({e for r in replies for e in r["errors"]})[:3]
+        return {
+            "n": len(users),
+            "subscribed": subscribed,
+            "failed": sum(r["failed"] for r in replies),
+            "seconds": seconds,
+            "subscribed_per_s": subscribed / seconds if seconds else 0.0,
+            **({"errors": errors} if errors else {}),
+        }
+
+    async def drain(self, expected: int) -> None:
+        """Wait until clients hold `expected` messages, or nothing new came for a while."""
+        last_total, last_change = -1, time.monotonic()
+        while True:
+            stats = await asyncio.gather(*(c.call("stats") for c in self.clients))
+            total = sum(s["received"] for s in stats)
+            now = time.monotonic()
+            if total >= expected:
+                return
+            if total != last_total:
+                last_total, last_change = total, now
+            elif now - last_change > self.opts.drain_seconds:
+                return
+            await asyncio.sleep(POLL_SECONDS)  # polling other processes, with a deadline
+
+    async def collect(self) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(c.call("collect") for c in self.clients)))
+
+    def _workers(self) -> list[Monitor]:
+        procs = [c.process for c in self.clients]
+        return [Monitor(p.pid) for p in procs]
+
+    async def measured(
+        self, server: Server, expected: int, publish: Callable[[], Any]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+        """Run one publishing phase; return the publisher's reply, client replies and costs."""
+        assert self.publisher is not None
+        await asyncio.gather(*(c.call("reset") for c in self.clients))
+        workers = self._workers()
+        pub_mon = Monitor(self.publisher.process.pid)
+        cpu0, wall0 = server.monitor.cpu_seconds(), time.monotonic()
+        w0 = sum(w.cpu_seconds() for w in workers)
+        p0 = pub_mon.cpu_seconds()
+        psutil.cpu_percent(None)
+        pub = await publish()
+        await self.drain(expected)
+        wall = time.monotonic() - wall0
+        costs = {
+            "server_cpu_s": server.monitor.cpu_seconds() - cpu0,
+            "server_cpu_pct": (server.monitor.cpu_seconds() - cpu0) / wall * 100,
+            "clients_cpu_pct": (sum(w.cpu_seconds() for w in workers) - w0) / wall * 100,
+            "publisher_cpu_pct": (pub_mon.cpu_seconds() - p0) / wall * 100,
+            "box_cpu_pct": psutil.cpu_percent(None),
+        }
+        replies = await self.collect()
+        return pub, replies, costs
+
+    # -- scenarios ------------------------------------------------------------------------
+
+    async def target_round(self, target: Target, rep: int) -> None:
+        opts = self.opts
+        self.progress(f"[{target.name} #{rep + 1}/{opts.reps}] starting")
+        async with self.server(target, f"{target.name}-{rep}") as server:
+            rss0 = server.monitor.rss()
+            users = [f"user-{i:05d}" for i in range(opts.clients)]
+            conn = await self.connect(server, users)
+            if "connect" in opts.scenarios:
+                self.emit("connect", target.name, rep, None, **conn)
+            await asyncio.sleep(SETTLE_SECONDS)
+            idle = {
+                "kb_per_conn": (server.monitor.rss() - rss0) / 1024 / max(1, conn["subscribed"]),
+                "idle_rss_mb": server.monitor.rss() / 2**20,
+            }
+            if "fanout" in opts.scenarios:
+                for rate in opts.rates:
+                    await self.fanout(server, users, rate, rep, idle)
+            if "broadcast" in opts.scenarios:
+                await self.broadcast(server, conn["subscribed"], rep)
+            if "connect" in opts.scenarios and opts.connect_n:
+                await self._close_clients()
+                big = [f"big-{i:05d}" for i in range(opts.connect_n)]
+                self.emit("connect", target.name, rep, "big", **await self.connect(server, big))
+
+    async def fanout(
+        self, server: Server, users: list[str], rate: int, rep: int, idle: dict[str, float]
+    ) -> None:
+        assert self.publisher is not None
+        count = max(1, int(rate * self.opts.duration))
+        profiler = None
+        if self.opts.profile and server.target.name == "ws-edge" and rep == 0:
+            profiler = Profiler(server.process.pid, self.supervisor.log_dir / f"edge-{rate}.txt")
+            await profiler.start(self.opts.duration + 1)
+        publisher = self.publisher
+        pub, replies, costs = await self.measured(
+            server,
+            count,
+            lambda: publisher.call(
+                "fanout", wait=self.opts.duration * 10 + 60, users=users, count=count, rate=rate
+            ),
+        )
+        if profiler is not None:
+            self.profiles.append(await profiler.finish())
+        self._fanout_result(server, rep, f"{rate}/s", count, pub, replies, costs, idle)
+
+    def _fanout_result(
+        self,
+        server: Server,
+        rep: int,
+        variant: str,
+        count: int,
+        pub: dict[str, Any],
+        replies: list[dict[str, Any]],
+        costs: dict[str, Any],
+        idle: dict[str, float],
+        scenario: str = "fanout",
+    ) -> None:
+        delivered = sum(r["received"] for r in replies)
+        latencies = [v for r in replies for v in r["latencies"]]
+        last = max((r["last"] for r in replies), default=0.0)
+        span = last - pub["started"] if last else 0.0
+        self.emit(
+            scenario,
+            server.target.name,
+            rep,
+            variant,
+            sent=pub["sent"],
+            published_per_s=pub["sent"] / max(1e-9, pub["finished"] - pub["started"]),
+            delivered=delivered,
+            lost=max(0, count - delivered),
+            delivered_per_s=delivered / span if span > 0 else 0.0,
+            **latency_summary(latencies),
+            cpu_us_per_msg=costs["server_cpu_s"] * 1e6 / max(1, delivered),
+            peak_rss_mb=server.monitor.peak_rss / 2**20,
+            **idle,
+            **{k: v for k, v in costs.items() if k != "server_cpu_s"},
+        )
+
+    async def broadcast(self, server: Server, n: int, rep: int) -> None:
+        assert self.publisher is not None
+        opts = self.opts
+        publisher = self.publisher
+        _, replies, costs = await self.measured(
+            server,
+            opts.broadcasts * n,
+            lambda: publisher.call(
+                "broadcast", count=opts.broadcasts, rate=opts.broadcast_rate, wait=300
+            ),
+        )
+        last: dict[str, float] = {}
+        count: dict[str, int] = {}
+        for reply in replies:
+            for seq, value in reply["broadcast_last"].items():
+                last[seq] = max(last.get(seq, 0.0), value)
+            for seq, value in reply["broadcast_count"].items():
+                count[seq] = count.get(seq, 0) + value
+        complete = [last[s] for s in last if count.get(s, 0) >= n]
+        delivered = sum(count.values())
+        self.emit(
+            "broadcast",
+            server.target.name,
+            rep,
+            None,
+            n=n,
+            broadcasts=opts.broadcasts,
+            complete=len(complete),
+            lost=opts.broadcasts * n - delivered,
+            **latency_summary(complete, "last_"),
+            **latency_summary([v for r in replies for v in r["latencies"]]),
+            cpu_us_per_msg=costs["server_cpu_s"] * 1e6 / max(1, delivered),
+            server_cpu_pct=costs["server_cpu_pct"],
+            box_cpu_pct=costs["box_cpu_pct"],
+        )
+
+    async def hold_round(self) -> None:
+        """One edge process holding `hold_n` connections; fan-out at the first rate still works."""
+        opts = self.opts
+        target = TARGETS["ws-edge"]
+        self.progress(f"[hold {opts.hold_n} on ws-edge]")
+        async with self.server(target, "ws-edge-hold") as server:
+            rss0 = server.monitor.rss()
+            users = [f"hold-{i:05d}" for i in range(opts.hold_n)]
+            conn = await self.connect(server, users)
+            await asyncio.sleep(SETTLE_SECONDS)
+            idle = {
+                "kb_per_conn": (server.monitor.rss() - rss0) / 1024 / max(1, conn["subscribed"]),
+                "idle_rss_mb": server.monitor.rss() / 2**20,
+                "held": float(conn["subscribed"]),
+                "connect_seconds": conn["seconds"],
+            }
+            rate = opts.rates[0]
+            count = max(1, int(rate * opts.duration))
+            publisher = self.publisher
+            assert publisher is not None
+            pub, replies, costs = await self.measured(
+                server,
+                count,
+                lambda: publisher.call(
+                    "fanout", wait=opts.duration * 10 + 60, users=users, count=count, rate=rate
+                ),
+            )
+            self._fanout_result(
+                server, 0, f"{opts.hold_n} at {rate}/s", count, pub, replies, costs, idle, "hold"
+            )
+
+    async def rest_round(self, db: str, rep: int) -> None:
+        """Notifications created over REST at a fixed rate, received by connected clients."""
+        opts = self.opts
+        self.progress(f"[rest {db} #{rep + 1}/{opts.reps}]")
+        async with (
+            self.server(TARGETS["ws-edge"], f"ws-edge-rest-{db}-{rep}") as edge,
+            self._database(db) as database_url,
+        ):
+            port = free_port()
+            label = f"notifications-{db}-{rep}"
+            process = await self.supervisor.spawn(
+                label,
+                [venv_script("notifications-service"), "--host", "127.0.0.1", "--port", str(port)],
+                {
+                    "AMQP_URL": self.ctx.amqp_url,
+                    "REALTIME_EXCHANGE": edge.exchange,
+                    "JWT_SECRET": self.ctx.secret,
+                    "DATABASE_URL": database_url,
+                },
+            )
+            try:
+                api = Server(TARGETS["ws-edge"], process, port, edge.exchange, Monitor(process.pid))
+                await wait_ready(api, self.supervisor.log_dir / f"{label}.log")
+                users = [f"rest-{i:04d}" for i in range(opts.rest_users)]
+                conn = await self.connect(edge, users)
+                count = max(1, int(opts.rest_rate * opts.rest_duration))
+                token = jwt.encode(
+                    {
+                        "sub": "bench-producer",
+                        "exp": int(time.time()) + 3600,
+                        "permissions": ["notification.manage"],
+                    },
+                    self.ctx.secret,
+                    algorithm="HS256",
+                )
+                publisher = self.publisher
+                assert publisher is not None
+                api_cpu0 = api.monitor.cpu_seconds()
+                pub, replies, costs = await self.measured(
+                    edge,
+                    count,
+                    lambda: publisher.call(
+                        "rest",
+                        wait=opts.rest_duration * 10 + 60,
+                        base_url=api.base_url,
+                        token=token,
+                        users=users,
+                        count=count,
+                        rate=opts.rest_rate,
+                    ),
+                )
+                delivered = sum(r["received"] for r in replies)
+                self.emit(
+                    "rest",
+                    "ws-edge",
+                    rep,
+                    db,
+                    clients=conn["subscribed"],
+                    sent=pub["sent"],
+                    failed=pub["failed"],
+                    delivered=delivered,
+                    lost=max(0, pub["sent"] - delivered),
+                    **latency_summary([v for r in replies for v in r["latencies"]], "e2e_"),
+                    **latency_summary(pub["rest_latencies"], "rest_"),
+                    api_cpu_us_per_msg=(api.monitor.cpu_seconds() - api_cpu0)
+                    * 1e6
+                    / max(1, pub["sent"]),
+                    edge_cpu_pct=costs["server_cpu_pct"],
+                    box_cpu_pct=costs["box_cpu_pct"],
+                    **({"failures": pub["failures"]} if pub["failures"] else {}),
+                )
+            finally:
+                await self.supervisor.stop(process)
+
+    @contextlib.asynccontextmanager
+    async def _database(self, db: str) -> AsyncIterator[str]:
+        if db == "sqlite":
+            path = self.supervisor.log_dir / f"notifications-{uuid.uuid4().hex[:8]}.db"
+            try:
+                yield f"sqlite+aiosqlite:///{path}"
+            finally:
+                for leftover in path.parent.glob(path.name + "*"):
+                    leftover.unlink(missing_ok=True)
+            return
+        if not self.opts.postgres_url:
+            raise RuntimeError("POSTGRES_URL is not set: cannot run the PostgreSQL REST scenario")
+        import asyncpg  # type: ignore[import-untyped]
+
+        server_url = self.opts.postgres_url
+        name = f"bench_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        try:
+            base = server_url.rsplit("/", 1)[0]
+            yield f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
+        finally:
+            conn = await asyncpg.connect(server_url)
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await conn.close()
+
+
+def log_dir_for(run_id: str, root: Path) -> Path:
+    return root / f"run-{run_id}"

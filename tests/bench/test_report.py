@@ -1,0 +1,53 @@
+"""The figures the benchmark prints: percentiles, medians of repetitions, ratios, goals."""
+
+from __future__ import annotations
+
+import pytest
+
+from realtime_bench.profile import summarise
+from realtime_bench.report import goals_table, medians, percentile, tables
+
+pytestmark = pytest.mark.unit
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([], 99) == 0
+
+
+def test_table_shows_the_median_of_repetitions_and_the_ratio_to_the_floor() -> None:
+    results = [
+        {"scenario": "fanout", "variant": "1000/s", "target": "floor", "rep": r, "p99_ms": v}
+        for r, v in enumerate((5.0, 6.0, 100.0))
+    ] + [
+        {"scenario": "fanout", "variant": "1000/s", "target": "ws-edge", "rep": r, "p99_ms": v}
+        for r, v in enumerate((9.0, 12.0, 1.0))
+    ]
+    summary = medians(results)
+    assert summary["fanout 1000/s"]["floor"]["p99_ms"] == 6.0
+    text = tables(summary, reps=3)
+    assert "| p99_ms | 6.00 | 9.00 (1.50x) |" in text
+
+
+def test_goals_say_which_are_met_and_which_were_not_measured() -> None:
+    summary = {
+        "fanout 1000/s": {
+            "floor": {"cpu_us_per_msg": 100.0, "p99_ms": 6.0},
+            "ws-edge": {"cpu_us_per_msg": 120.0, "p99_ms": 30.0},
+        }
+    }
+    text = goals_table(summary)
+    assert "| 1. CPU/msg at 1,000/s ≤ 1.3x floor | 1.20x | 1.30x | yes |" in text
+    assert "| 2. fan-out p99 at 1,000/s ≤ 10 ms | 30.0 | 10.0 | NO |" in text
+    assert "6. 5,000 clients subscribed ≤ 5 s | not measured" in text
+
+
+def test_profile_summary_counts_self_and_inclusive_samples() -> None:
+    raw = "main (a.py:1);send (b.py:2) 3\nmain (a.py:1);encode (c.py:9) 1\n"
+    text = summarise(raw)
+    assert "4 samples" in text
+    assert "  75.0  send (b.py)" in text
+    assert " 100.0  main (a.py)" in text
