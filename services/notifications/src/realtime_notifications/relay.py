@@ -15,7 +15,7 @@ import time
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from realtime_notifications import outbox
 from realtime_notifications.broker import EventPublisher
@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 FIRST_RETRY_DELAY = 0.05
 """Seconds; short because a blip (a restarted broker, a busy database) is the common failure."""
+
+STOP_TIMEOUT = 5.0
+"""Seconds a stopping relay may spend finishing its batch before it is cancelled."""
 
 PRUNE_INTERVAL = 60.0
 """Seconds between deletions of sent rows (and idempotency keys) older than the retention."""
@@ -52,6 +55,7 @@ class OutboxRelay:
         self._retention = retention
         self._backoff_cap = backoff_cap
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
 
@@ -63,21 +67,32 @@ class OutboxRelay:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
+        """Let the current batch finish (so what was confirmed is marked sent), then end."""
         if self._task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        self._stopping.set()
+        self._wake.set()
+        task, self._task = self._task, None
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        except Exception:
+            log.debug("outbox relay ended with an error while stopping", exc_info=True)
 
     async def _run(self) -> None:
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(Exception),
-            wait=wait_exponential_jitter(initial=FIRST_RETRY_DELAY, max=self._backoff_cap),
+            retry=retry_if_exception(self._retryable),
+            wait=wait_exponential_jitter(
+                multiplier=FIRST_RETRY_DELAY, max=self._backoff_cap, jitter=FIRST_RETRY_DELAY
+            ),
             before_sleep=self._on_failure,
+            sleep=self._pause,
             reraise=True,
         )
-        while True:
+        while not self._stopping.is_set():
             self._wake.clear()  # before draining: a commit during the drain wakes us again
             async for attempt in retrying:
                 with attempt:
@@ -86,6 +101,14 @@ class OutboxRelay:
                     await self._maybe_prune()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+
+    def _retryable(self, exc: BaseException) -> bool:
+        # Not CancelledError, and nothing once stopping: retrying must never keep us alive.
+        return isinstance(exc, Exception) and not self._stopping.is_set()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _on_failure(self, state: RetryCallState) -> None:
         self._metrics.publish_failures.inc()
@@ -118,8 +141,12 @@ class OutboxRelay:
                         await conn.commit()
                         self._metrics.published.inc(len(sent))
             finally:
-                await outbox.release(conn)
-                await conn.commit()
+                try:
+                    await outbox.release(conn)
+                    await conn.commit()
+                except Exception:
+                    # Closing the session is what releases its advisory locks, then.
+                    await conn.invalidate()
         return len(sent)
 
     async def _maybe_prune(self) -> None:

@@ -1,0 +1,205 @@
+"""Test support for the notifications service: a fake publisher, the app in-process, the process.
+
+- `FakePublisher`: the relay's `EventPublisher` port in memory (can be switched "down").
+- `running_app(settings, publisher=None)`: the app with its lifespan, and an httpx client.
+- `notifications_process(amqp_url, exchange, database_url, **env)`: the real console script,
+  started as a user would (dev mode, so the `make_token` fixture's tokens verify), yielding
+  its base URL once `/readyz` answers 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from realtime_notifications.app import create_app
+from realtime_notifications.broker import BrokerUnavailable, EventPublisher
+from realtime_notifications.outbox import PendingEvent
+from realtime_notifications.settings import NotificationsSettings
+from realtime_shared.envelope import Envelope
+
+SCRIPT = Path(sys.executable).with_name("notifications-service")
+
+
+def make_settings(database_url: str, **overrides: Any) -> NotificationsSettings:
+    """Settings from arguments only: neither the environment nor a `.env` leaks into a test."""
+    values: dict[str, Any] = {
+        "dev": True,
+        "database_url": database_url,
+        "amqp_url": "amqp://guest:guest@127.0.0.1:1/",  # unused unless a test says otherwise
+        "outbox_poll_interval": 0.2,
+        "outbox_backoff_cap": 0.5,
+        "publish_timeout": 2.0,
+    }
+    values.update(overrides)
+    return NotificationsSettings(_env_file=None, **values)
+
+
+class FakePublisher:
+    """In-memory `EventPublisher`; `down = True` makes every call fail like a lost broker."""
+
+    def __init__(self) -> None:
+        self.published: list[PendingEvent] = []
+        self.down = False
+        self.attempts_while_down = 0
+        self._changed = asyncio.Condition()
+
+    async def connect(self) -> None:
+        self._check()
+
+    async def publish(self, event: PendingEvent) -> None:
+        self._check()
+        async with self._changed:
+            self.published.append(event)
+            self._changed.notify_all()
+
+    async def is_connected(self) -> bool:
+        return not self.down
+
+    async def close(self) -> None:
+        pass
+
+    def _check(self) -> None:
+        if self.down:
+            self.attempts_while_down += 1
+            raise BrokerUnavailable("fake broker is down")
+
+    def envelopes(self) -> list[Envelope]:
+        return [Envelope.from_bytes(e.body) for e in self.published]
+
+    async def wait_for(self, count: int, within: float = 5.0) -> list[Envelope]:
+        """The first `count` published envelopes, once they are there (fails after `within` s)."""
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(lambda: len(self.published) >= count)
+        return self.envelopes()[:count]
+
+
+@asynccontextmanager
+async def running_app(
+    settings: NotificationsSettings, publisher: EventPublisher | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, publisher=publisher)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://notifications") as c:
+            yield c
+
+
+async def metric(client: httpx.AsyncClient, line_prefix: str) -> float | None:
+    """The value of the first /metrics sample line starting with `line_prefix`."""
+    for line in (await client.get("/metrics")).text.splitlines():
+        if line.startswith(line_prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def until_metric(
+    client: httpx.AsyncClient, line_prefix: str, value: float, within: float = 5.0
+) -> None:
+    """Poll /metrics until a sample has `value` (the relay marks rows sent after confirms)."""
+    deadline = time.monotonic() + within
+    while (seen := await metric(client, line_prefix)) != value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{line_prefix} is {seen}, expected {value}")
+        await asyncio.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_process(
+    amqp_url: str, exchange: str, database_url: str, log_path: Path, **env: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    environ = {
+        **os.environ,
+        "AMQP_URL": amqp_url,
+        "REALTIME_EXCHANGE": exchange,
+        "DATABASE_URL": database_url,
+        "OUTBOX_POLL_INTERVAL": "0.2",
+        "OUTBOX_BACKOFF_CAP": "0.5",
+        **env,
+    }
+    environ.pop("JWT_SECRET", None)  # dev mode's key is what make_token signs with
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            str(SCRIPT),
+            "--dev",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=environ,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_ready_sync(process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"notifications-service exited early:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)  # polling a process that exposes no readiness event
+    raise TimeoutError(f"notifications-service not ready in 30 s:\n{log_path.read_text()}")
+
+
+@asynccontextmanager
+async def notifications_process(
+    amqp_url: str, exchange: str, database_url: str, *, log_dir: Path, **env: str
+) -> AsyncIterator[str]:
+    """A real `notifications-service --dev` process; yields its base URL once ready."""
+    log_path = log_dir / f"notifications-{free_port()}.log"
+    process, base_url = start_process(amqp_url, exchange, database_url, log_path, **env)
+    try:
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient(timeout=1) as client:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"notifications-service exited:\n{log_path.read_text()}")
+                try:
+                    if (await client.get(f"{base_url}/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not ready in 30 s:\n{log_path.read_text()}")
+                await asyncio.sleep(0.1)
+        yield base_url
+    finally:
+        await asyncio.to_thread(stop_process, process)
