@@ -1,0 +1,434 @@
+// The notification centre demo: realtime.js for live events, the REST API for state.
+//
+// The list and the unread count come from REST; events keep them current; every
+// `resync` (each connect, and whenever the edge asks) refetches both, so nothing that
+// happened while the socket was down is missed.
+import { RealtimeClient } from "/static/realtime.js";
+
+const PAGE_SIZE = 50;
+const SEVERITY_ICON = { info: "i", success: "✓", warning: "!", error: "×" };
+const $ = (selector) => document.querySelector(selector);
+
+const ui = {
+  status: $("[data-testid=connection-status]"),
+  statusText: $("[data-testid=connection-status] .status-text"),
+  bell: $("[data-testid=bell]"),
+  badge: $("[data-testid=unread-count]"),
+  panel: $("[data-testid=panel]"),
+  list: $("[data-testid=notification-list]"),
+  empty: $("[data-testid=empty]"),
+  markAll: $("[data-testid=mark-all-read]"),
+  tabs: document.querySelectorAll(".tab"),
+  picker: $("[data-testid=user-picker]"),
+  select: $("#user-select"),
+  userName: $("[data-testid=user-name]"),
+  avatar: $("[data-testid=avatar]"),
+  notice: $("[data-testid=notice]"),
+  composer: $("[data-testid=composer]"),
+  composerForm: $("#composer-form"),
+  composerStatus: $("[data-testid=composer-status]"),
+  log: $("[data-testid=event-log]"),
+};
+
+const state = {
+  apiBase: "",
+  devMode: false,
+  user: null,
+  token: null,
+  tokenExp: 0,
+  staticToken: null,
+  client: null,
+  items: new Map(), // id -> notification
+  unread: 0,
+  filter: "all",
+  fresh: new Set(),
+  loadSeq: 0,
+};
+
+// ---- tokens -------------------------------------------------------------------------------
+
+async function devToken(user, permissions = []) {
+  const query = new URLSearchParams({ user });
+  if (permissions.length) query.set("permissions", permissions.join(","));
+  const response = await fetch(`/dev/token?${query}`);
+  if (!response.ok) throw new Error(`/dev/token answered ${response.status}`);
+  return response.json();
+}
+
+/** The token provider for realtime.js and the REST calls: cached until a minute before exp. */
+async function userToken({ forceRefresh = false } = {}) {
+  if (state.staticToken) return state.staticToken;
+  const now = Date.now() / 1000;
+  if (!forceRefresh && state.token && state.tokenExp - now > 60) return state.token;
+  const { token, exp } = await devToken(state.user);
+  state.token = token;
+  state.tokenExp = exp;
+  return token;
+}
+
+// ---- REST ---------------------------------------------------------------------------------
+
+async function api(path, { method = "GET", body, token } = {}) {
+  const headers = { Authorization: `Bearer ${token ?? (await userToken())}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(`${state.apiBase}/api/notifications${path}`, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const payload = await response.json().catch(() => null);
+  if (!response.ok) {
+    const message = payload?.error?.message ?? response.statusText;
+    throw new Error(`${method} ${path || "/"}: ${response.status} ${message}`);
+  }
+  return payload;
+}
+
+async function loadAll() {
+  const seq = ++state.loadSeq; // a newer load (or a user switch) makes this one's result stale
+  const [list, count] = await Promise.all([api(`?limit=${PAGE_SIZE}`), api("/unread-count")]);
+  if (seq !== state.loadSeq) return;
+  state.items = new Map(list.map((n) => [n.id, n]));
+  state.unread = count.count;
+  render();
+}
+
+// ---- applying changes (from REST responses and events alike, so both may arrive) ------------
+
+function upsert(notification) {
+  const previous = state.items.get(notification.id);
+  state.items.set(notification.id, notification);
+  if (previous) state.unread += (notification.is_read ? 0 : 1) - (previous.is_read ? 0 : 1);
+  return previous;
+}
+
+const handlers = {
+  "notification.created": ({ notification }) => {
+    if (state.items.has(notification.id)) return;
+    upsert(notification);
+    if (!notification.is_read) state.unread += 1;
+    state.fresh.add(notification.id);
+    bump();
+  },
+  "notification.read": ({ notification }) => {
+    if (!upsert(notification)) state.unread -= 1; // older than the loaded page: it was unread
+  },
+  "notification.updated": ({ notification }) => {
+    if (!upsert(notification) && !notification.is_read) state.unread += 1;
+  },
+  "notification.deleted": ({ notification_id: id }) => {
+    const previous = state.items.get(id);
+    if (!previous) return void refreshCount();
+    state.items.delete(id);
+    if (!previous.is_read) state.unread -= 1;
+  },
+  "notification.read_all": () => {
+    for (const n of state.items.values()) n.is_read = true;
+    state.unread = 0;
+  },
+};
+
+async function refreshCount() {
+  state.unread = (await api("/unread-count")).count;
+  render();
+}
+
+// ---- rendering ----------------------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) if (child !== null) node.append(child);
+  return node;
+}
+
+const ICONS = {
+  read: "M9 16.2 4.8 12l-1.4 1.4L9 19 21 7l-1.4-1.4Z",
+  unread: "M12 7a5 5 0 1 0 0 10 5 5 0 0 0 0-10Zm0 8a3 3 0 1 1 0-6 3 3 0 0 1 0 6Z",
+  delete: "M6 19a2 2 0 0 0 2 2h8a2 2 0 0 0 2-2V7H6Zm13-15h-3.5l-1-1h-5l-1 1H5v2h14Z",
+};
+
+function icon(name) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("width", "16");
+  svg.setAttribute("height", "16");
+  const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  path.setAttribute("fill", "currentColor");
+  path.setAttribute("d", ICONS[name]);
+  svg.append(path);
+  return svg;
+}
+
+const relative = new Intl.RelativeTimeFormat("en", { numeric: "auto" });
+function ago(iso) {
+  const seconds = (new Date(iso).getTime() - Date.now()) / 1000;
+  if (Math.abs(seconds) < 45) return "just now";
+  for (const [unit, size] of [["day", 86400], ["hour", 3600], ["minute", 60]]) {
+    if (Math.abs(seconds) >= size) return relative.format(Math.round(seconds / size), unit);
+  }
+  return "just now";
+}
+
+function safeUrl(url) {
+  try {
+    const parsed = new URL(url, location.href);
+    return ["http:", "https:"].includes(parsed.protocol) ? parsed.href : null;
+  } catch {
+    return null;
+  }
+}
+
+function renderItem(n) {
+  const severity = SEVERITY_ICON[n.severity] ? n.severity : "info";
+  const link = n.action_url ? safeUrl(n.action_url) : null;
+  const toggle = n.is_read
+    ? el("button", { class: "icon-button", type: "button", title: "Mark as unread", "data-testid": "mark-unread", onclick: () => act(`/${n.id}/unread`, "POST") }, icon("unread"))
+    : el("button", { class: "icon-button", type: "button", title: "Mark as read", "data-testid": "mark-read", onclick: () => act(`/${n.id}/read`, "POST") }, icon("read"));
+  const item = el(
+    "li",
+    {
+      class: `item ${n.is_read ? "read" : "unread"}${state.fresh.has(n.id) ? " fresh" : ""}`,
+      "data-testid": "notification",
+      "data-id": n.id,
+      "data-read": String(n.is_read),
+    },
+    el("span", { class: `sev sev-${severity}`, "aria-hidden": "true" }, SEVERITY_ICON[severity]),
+    el(
+      "div",
+      {},
+      el("p", { class: "item-title", "data-testid": "notification-title" }, n.title || n.type),
+      n.message ? el("p", { class: "item-message" }, n.message) : null,
+      el(
+        "div",
+        { class: "item-meta" },
+        el("time", { datetime: n.created_at, title: new Date(n.created_at).toLocaleString() }, ago(n.created_at)),
+        link ? el("a", { href: link, target: "_blank", rel: "noopener" }, "Open →") : null,
+      ),
+    ),
+    el(
+      "div",
+      { class: "item-actions" },
+      toggle,
+      el("button", { class: "icon-button danger", type: "button", title: "Delete", "data-testid": "delete", onclick: () => act(`/${n.id}`, "DELETE") }, icon("delete")),
+    ),
+  );
+  return item;
+}
+
+function render() {
+  state.unread = Math.max(0, state.unread);
+  const items = [...state.items.values()]
+    .filter((n) => state.filter === "all" || !n.is_read)
+    .sort((a, b) => (a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : 0));
+  ui.list.replaceChildren(...items.map(renderItem));
+  state.fresh.clear();
+  ui.empty.hidden = items.length > 0;
+  ui.badge.hidden = state.unread === 0;
+  ui.badge.textContent = state.unread > 99 ? "99+" : String(state.unread);
+  ui.badge.dataset.count = String(state.unread);
+  ui.markAll.disabled = state.unread === 0;
+  ui.bell.setAttribute("aria-label", `Notifications, ${state.unread} unread`);
+  document.title = `${state.unread ? `(${state.unread}) ` : ""}Northwind · Notifications demo`;
+}
+
+function bump() {
+  ui.badge.classList.remove("bump");
+  void ui.badge.offsetWidth; // restart the animation
+  ui.badge.classList.add("bump");
+}
+
+const STATUS_TEXT = { open: "Live", connecting: "Reconnecting…", closed: "Offline" };
+function showState(connectionState, detail = {}) {
+  ui.status.dataset.state = connectionState;
+  let text = STATUS_TEXT[connectionState];
+  if (connectionState === "connecting" && !ui.status.dataset.everOpen) text = "Connecting…";
+  if (connectionState === "connecting" && detail.delay > 1500) text = `Reconnecting in ${Math.round(detail.delay / 1000)} s…`;
+  if (connectionState === "open") ui.status.dataset.everOpen = "1";
+  ui.statusText.textContent = text;
+}
+
+function logEvent(message) {
+  const time = new Date().toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const detail = message.data?.notification?.title ?? message.data?.notification_id ?? "";
+  const system = message.stream === "system";
+  ui.log.prepend(
+    el(
+      "li",
+      {},
+      el("time", {}, time),
+      el(
+        "span",
+        {},
+        el("span", { class: system ? "ev-system" : "ev-name" }, `${message.stream} · ${message.event}`),
+        detail ? el("span", { class: "ev-detail" }, ` — ${detail}`) : null,
+      ),
+    ),
+  );
+  while (ui.log.children.length > 40) ui.log.lastChild.remove();
+}
+
+function notice(text) {
+  ui.notice.hidden = !text;
+  ui.notice.textContent = text ?? "";
+}
+
+// ---- actions ------------------------------------------------------------------------------
+
+async function act(path, method) {
+  try {
+    const result = await api(path, { method });
+    if (result?.id) upsert(result); // the event will say the same; applying twice is harmless
+    render();
+  } catch (error) {
+    notice(`Could not update the notification: ${error.message}`);
+  }
+}
+
+ui.markAll.addEventListener("click", async () => {
+  try {
+    await api("/read-all", { method: "POST" });
+    handlers["notification.read_all"]();
+    render();
+  } catch (error) {
+    notice(`Could not mark all as read: ${error.message}`);
+  }
+});
+
+function setPanel(open) {
+  ui.panel.hidden = !open;
+  ui.bell.setAttribute("aria-expanded", String(open));
+}
+ui.bell.addEventListener("click", (event) => {
+  event.stopPropagation();
+  setPanel(ui.panel.hidden);
+});
+ui.panel.addEventListener("click", (event) => event.stopPropagation());
+document.addEventListener("click", () => setPanel(false));
+document.addEventListener("keydown", (event) => event.key === "Escape" && setPanel(false));
+
+for (const tab of ui.tabs) {
+  tab.addEventListener("click", () => {
+    state.filter = tab.dataset.filter;
+    for (const t of ui.tabs) {
+      t.classList.toggle("active", t === tab);
+      t.setAttribute("aria-selected", String(t === tab));
+    }
+    render();
+  });
+}
+
+setInterval(() => {
+  for (const time of ui.list.querySelectorAll("time")) time.textContent = ago(time.getAttribute("datetime"));
+}, 30_000);
+
+// ---- the realtime connection ----------------------------------------------------------------
+
+function connect(user) {
+  state.client?.close();
+  state.user = user;
+  state.token = null;
+  state.items = new Map();
+  state.unread = 0;
+  state.loadSeq += 1;
+  ui.userName.textContent = user;
+  ui.avatar.textContent = user.slice(0, 1);
+  ui.composerForm.elements.user_id.value = user;
+  render();
+
+  const client = new RealtimeClient({ path: "/ws", token: userToken, streams: ["notifications"] });
+  client.onState(showState);
+  client.on("*", "*", logEvent);
+  client.on("notifications", "*", (message) => {
+    const handle = handlers[message.event];
+    if (!handle || !message.data) return;
+    handle(message.data);
+    render();
+  });
+  // Each connect (first included) and each `resync` from the edge: refetch, since events
+  // published while the socket was down were not delivered.
+  client.onResync(() => loadAll().catch((error) => notice(`Could not load notifications: ${error.message}`)));
+  client.onError((error) => console.warn("realtime:", error));
+  state.client = client;
+  client.connect();
+}
+
+function chooseUser(user) {
+  const url = new URL(location.href);
+  url.searchParams.set("user", user);
+  history.replaceState(null, "", url);
+  if (![...ui.select.options].some((o) => o.value === user)) {
+    ui.select.insertBefore(new Option(user, user), ui.select.lastElementChild);
+  }
+  ui.select.value = user;
+  connect(user);
+}
+
+ui.select.addEventListener("change", () => {
+  if (ui.select.value !== "__other") return chooseUser(ui.select.value);
+  const user = prompt("User id to sign in as:")?.trim();
+  if (user) chooseUser(user);
+  else ui.select.value = state.user;
+});
+
+ui.composerForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData(ui.composerForm);
+  const send = ui.composerForm.querySelector("button[type=submit]");
+  send.disabled = true;
+  ui.composerStatus.textContent = "Sending…";
+  try {
+    const { token } = await devToken("demo-admin", ["notification.manage"]);
+    await api("", {
+      method: "POST",
+      token,
+      body: {
+        user_id: form.get("user_id"),
+        type: "demo",
+        title: form.get("title"),
+        message: form.get("message"),
+        severity: form.get("severity"),
+      },
+    });
+    ui.composerStatus.textContent = `Sent to ${form.get("user_id")}.`;
+  } catch (error) {
+    ui.composerStatus.textContent = `Failed: ${error.message}`;
+  } finally {
+    send.disabled = false;
+  }
+});
+
+async function start() {
+  try {
+    const config = await (await fetch("/demo/config.json")).json();
+    state.apiBase = (config.notifications_url ?? "").replace(/\/$/, "");
+  } catch {
+    state.apiBase = "";
+  }
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const params = new URLSearchParams(location.search);
+  if (fragment.get("token")) {
+    // Outside dev mode: a token handed over in the fragment, which is never sent to a server.
+    state.staticToken = fragment.get("token");
+    const sub = JSON.parse(atob(state.staticToken.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).sub;
+    return connect(sub);
+  }
+  const user = params.get("user") || "alice";
+  try {
+    await devToken(user);
+  } catch {
+    showState("closed");
+    notice("No token: this edge is not in dev mode. Open the page as /#token=<a JWT for your user>.");
+    return;
+  }
+  state.devMode = true;
+  ui.picker.hidden = false;
+  ui.composer.hidden = false;
+  chooseUser(user);
+}
+
+start();
