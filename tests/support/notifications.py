@@ -21,6 +21,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aio_pika
+import aio_pika.abc
 import httpx
 
 from realtime_notifications.app import create_app
@@ -28,6 +30,7 @@ from realtime_notifications.broker import BrokerUnavailable, EventPublisher
 from realtime_notifications.outbox import PendingEvent
 from realtime_notifications.settings import NotificationsSettings
 from realtime_shared.envelope import Envelope
+from realtime_shared.routing import user_key
 
 SCRIPT = Path(sys.executable).with_name("notifications-service")
 
@@ -203,3 +206,38 @@ async def notifications_process(
         yield base_url
     finally:
         await asyncio.to_thread(stop_process, process)
+
+
+class EventQueue:
+    """An exclusive queue bound to one user's key on the test's exchange (a real broker)."""
+
+    def __init__(self, queue: aio_pika.abc.AbstractQueue) -> None:
+        self.queue = queue
+
+    async def next(self, within: float = 10.0) -> aio_pika.abc.AbstractIncomingMessage:
+        deadline = time.monotonic() + within
+        while (message := await self.queue.get(no_ack=True, fail=False)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no message on {self.queue.name} within {within} s")
+            await asyncio.sleep(0.01)  # basic.get has no wait; poll with a deadline
+        return message
+
+    async def take(self, count: int, within: float = 10.0) -> list[Envelope]:
+        async with asyncio.timeout(within):
+            return [Envelope.from_bytes((await self.next()).body) for _ in range(count)]
+
+    async def is_empty(self) -> bool:
+        return await self.queue.get(no_ack=True, fail=False) is None
+
+
+@asynccontextmanager
+async def user_events(amqp_url: str, exchange: str, *user_ids: str) -> AsyncIterator[EventQueue]:
+    """Events for `user_ids` as a consumer bound with the shared routing helper sees them."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        ex = await channel.get_exchange(exchange)
+        queue = await channel.declare_queue(exclusive=True)
+        for user_id in user_ids:
+            await queue.bind(ex, user_key("notifications", user_id))
+        yield EventQueue(queue)

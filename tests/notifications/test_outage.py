@@ -1,0 +1,67 @@
+"""RabbitMQ unreachable (our own link cut by a proxy): REST keeps working, nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+from support.notifications import make_settings, metric, running_app, until_metric, user_events
+from support.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+Auth = Callable[..., dict[str, str]]
+BASE = "/api/notifications"
+
+
+async def until_ready(client: httpx.AsyncClient, status: int, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while (await client.get("/readyz")).status_code != status:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/readyz never answered {status}")
+        await asyncio.sleep(0.05)
+
+
+async def test_events_wait_out_a_broker_outage_and_arrive_once_in_order(
+    database_url: str, amqp_url: str, exchange: str, auth: Auth
+) -> None:
+    ops = auth("ops", manage=True)
+    async with (
+        TcpProxy.for_url(amqp_url) as proxy,
+        user_events(amqp_url, exchange, "alice") as events,
+    ):
+        settings = make_settings(
+            database_url, amqp_url=proxy.rewrite(amqp_url), realtime_exchange=exchange
+        )
+        async with running_app(settings) as client:
+            await until_ready(client, 200)
+            before = await client.post(BASE, json={"user_id": "alice", "type": "t"}, headers=ops)
+            assert (await events.take(1))[0].data["notification_id"] == before.json()["id"]
+
+            proxy.cut()
+            await until_ready(client, 503)
+            ids = []
+            for i in range(10):
+                body = {"user_id": "alice", "type": "t", "title": f"during {i}"}
+                response = await client.post(BASE, json=body, headers=ops)
+                assert response.status_code == 201
+                ids.append(response.json()["id"])
+            read = await client.post(f"{BASE}/{ids[0]}/read", headers=auth("alice"))
+            assert read.status_code == 200
+            listed = await client.get(BASE, headers=auth("alice"))
+            assert len(listed.json()) == 11
+            await until_metric(client, "notifications_outbox_backlog", 11)
+            assert (await metric(client, "notifications_outbox_publish_failures_total") or 0) > 0
+            assert await events.is_empty()
+
+            proxy.restore()
+            got = await events.take(11, within=20)
+            await until_metric(client, "notifications_outbox_backlog", 0, within=10)
+
+            assert [e.data["notification_id"] for e in got] == [*ids, ids[0]]
+            assert [e.event for e in got] == ["notification.created"] * 10 + ["notification.read"]
+            assert await events.is_empty()  # exactly once: nothing was published twice
+            await until_ready(client, 200)
