@@ -30,3 +30,8 @@ test: lint typecheck pytest ## everything CI runs: lint, types, all test tiers
 
 bench: install ## the benchmark (see docs/performance.md)
 	@eval "$$(scripts/ensure-services.sh)" && $(UV) run --locked python -m realtime_bench $(BENCH_ARGS)
+
+.PHONY: demo-notify
+NOTIFY_USER = $(if $(filter command line,$(origin USER)),$(USER),alice)
+demo-notify: install ## create a notification for USER (alice) on a running `make dev`
+	@$(UV) run --locked python scripts/dev.py notify "$(NOTIFY_USER)"

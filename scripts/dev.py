@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_port("DEV_NOTIFICATIONS_PORT", 8081),
         help="(8081)",
     )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("DEV_DATA_DIR") or ROOT),
+        help="where the SQLite database lives (the repository root)",
+    )
     sub = parser.add_subparsers(dest="command")
     notify = sub.add_parser("notify", help="create a notification on a running `make dev`")
     notify.add_argument("user", nargs="?", default=DEMO_USER, help=f"recipient ({DEMO_USER})")
@@ -201,7 +207,7 @@ async def run(args: argparse.Namespace) -> int:
     public = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
     edge_url = f"http://{public}:{args.edge_port}"
     notifications_url = f"http://{public}:{args.notifications_port}"
-    database = ROOT / "notifications.db"
+    database = args.data_dir.resolve() / "notifications.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     children = [
         Child(
