@@ -95,6 +95,7 @@ def proxy_test_copy(
     Logs go to files the test reads; everything else (routes, headers, timeouts, log format,
     error pages) is the shipped config, unchanged.
     """
+    tmp.mkdir(parents=True, exist_ok=True)
     files = ProxyFiles(tmp, tmp / "nginx.conf", tmp / "access.log", tmp / "error.log")
     text = NGINX_CONF.read_text()
     text = replace_once(text, "listen 8000;", f"listen 127.0.0.1:{listen};")

@@ -1,0 +1,307 @@
+"""The compose topology without Docker: the same processes, settings and proxy config, here.
+
+compose.yaml runs a one-shot `migrate`, two notifications replicas on PostgreSQL, two edges
+and nginx in front. This starts exactly that from the console scripts (the images'
+entrypoints) with the environment compose gives them, puts deploy/nginx/nginx.conf in
+front with its two service names pointed at upstream groups of the two replicas each, and
+uses the stack the way the operations guide does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aio_pika
+import asyncpg  # type: ignore[import-untyped]
+import httpx
+import pytest
+from support.ops import (
+    ProxyFiles,
+    clean_env,
+    free_port,
+    proxy_test_copy,
+    replace_once,
+    require_tool,
+    running_nginx,
+)
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin
+
+from realtime_shared.auth import issue_token
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+STARTUP_S = 30.0
+
+
+@dataclass
+class Stack:
+    proxy_port: int
+    secret: str
+    logs: list[Path]
+    proxy_files: ProxyFiles
+    edges: list[int]
+    replicas: list[int]
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    def ws(self, path: str, token: str) -> str:
+        return f"ws://127.0.0.1:{self.proxy_port}{path}?token={token}"
+
+    def token(self, user: str, *permissions: str) -> str:
+        return issue_token(user, self.secret, ttl=300, permissions=list(permissions))
+
+
+@contextmanager
+def service(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[None]:
+    """A console script as compose would run it; SIGTERM at the end, as `docker stop` does."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_ready(port: int, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"127.0.0.1:{port} not ready in {STARTUP_S} s:\n{log.read_text()}")
+
+
+async def create_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def delete_exchange(amqp_url: str, name: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.exchange_delete(name)
+
+
+@pytest.fixture(scope="module")
+def database(postgres_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for the module's one stack (started once: ~10 s)."""
+    name = f"ops_{uuid.uuid4().hex[:12]}"
+    asyncio.run(create_database(postgres_url, name))
+    base = postgres_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(drop_database(postgres_url, name))
+
+
+@pytest.fixture(scope="module")
+def exchange(amqp_url: str) -> Iterator[str]:
+    """Like conftest's `exchange`, for the whole module; the services declare it themselves."""
+    name = f"test-ops-{uuid.uuid4().hex[:12]}"
+    try:
+        yield name
+    finally:
+        asyncio.run(delete_exchange(amqp_url, name))
+
+
+@pytest.fixture(scope="module")
+def stack(
+    amqp_url: str, exchange: str, database: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    nginx = require_tool("nginx")
+    tmp_path = tmp_path_factory.mktemp("stack")
+    secret = secrets.token_hex(32)
+    # What compose.yaml's x-service-env and the services' own entries give the containers.
+    env = clean_env(
+        AMQP_URL=amqp_url,
+        REALTIME_EXCHANGE=exchange,
+        JWT_SECRET=secret,
+        JWT_ALGORITHMS="HS256",
+        LOG_FORMAT="json",
+        LOG_LEVEL="INFO",
+        FORWARDED_ALLOW_IPS="*",
+    )
+    api_env = {**env, "DATABASE_URL": database}
+    edge_env = {**env, "EDGE_DEMO": "true", "EDGE_NOTIFICATIONS_URL": ""}
+    migrate_log = tmp_path / "migrate.log"
+    migrated = subprocess.run(
+        [str(BIN / "notifications-service"), "migrate"],
+        env=api_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    migrate_log.write_text(migrated.stdout + migrated.stderr)
+    assert migrated.returncode == 0, migrated.stderr
+
+    edges, replicas = [free_port(), free_port()], [free_port(), free_port()]
+    logs = [migrate_log]
+    with ExitStack() as stack:
+        for name, ports, script, script_env in (
+            ("edge", edges, "ws-edge", edge_env),
+            ("notifications", replicas, "notifications-service", api_env),
+        ):
+            for i, port in enumerate(ports):
+                log = tmp_path / f"{name}-{i + 1}.log"
+                logs.append(log)
+                argv = [str(BIN / script), "--host", "127.0.0.1", "--port", str(port)]
+                stack.enter_context(service(argv, script_env, tmp_path, log))
+        for port, log in zip([*edges, *replicas], logs[1:], strict=True):
+            wait_ready(port, log)
+
+        proxy_port = free_port()
+        files = proxy_test_copy(tmp_path / "proxy", listen=proxy_port)
+        groups = "".join(
+            f"    upstream {group} {{\n"
+            + "".join(f"        server 127.0.0.1:{port};\n" for port in ports)
+            + "    }\n"
+            for group, ports in (("edges", edges), ("replicas", replicas))
+        )
+        text = files.conf.read_text()
+        # A variable naming an upstream group selects the group: both replicas, no DNS.
+        text = replace_once(text, "set $edge_upstream edge:8080;", "set $edge_upstream edges;")
+        text = replace_once(
+            text, "set $api_upstream notifications:8081;", "set $api_upstream replicas;"
+        )
+        text = replace_once(text, "http {\n", "http {\n" + groups)
+        files.conf.write_text(text)
+        stack.enter_context(running_nginx(nginx, files, proxy_port))
+        yield Stack(proxy_port, secret, logs, files, edges, replicas)
+
+
+async def frames(ws: ClientConnection, count: int) -> list[dict[str, object]]:
+    async with asyncio.timeout(10):
+        return [json.loads(await ws.recv()) for _ in range(count)]
+
+
+async def sample(client: httpx.AsyncClient, port: int, prefix: str) -> float:
+    """One replica's own /metrics (not through the proxy, which does not publish them)."""
+    text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def published_total(client: httpx.AsyncClient, port: int) -> float:
+    return await sample(client, port, "notifications_outbox_published_total ")
+
+
+async def test_a_notification_reaches_every_socket_of_its_user_once(stack: Stack) -> None:
+    alice = stack.token("alice")
+    ops = stack.token("ops", "notification.manage")
+    origin = Origin(stack.http)
+    async with (
+        connect(stack.ws("/ws", alice), origin=origin) as first,
+        connect(stack.ws("/ws/notifications", alice), origin=origin) as second,
+        connect(stack.ws("/ws", stack.token("bob")), origin=origin) as bob,
+        httpx.AsyncClient(base_url=stack.http, timeout=10) as client,
+    ):
+        for ws in (first, second, bob):
+            assert (await frames(ws, 1))[0]["event"] == "connected"
+        titles = ["one", "two", "three", "four"]
+        before = sum([await published_total(client, port) for port in stack.replicas])
+        for title in titles:
+            created = await client.post(
+                "/api/notifications",
+                headers={"Authorization": f"Bearer {ops}"},
+                json={"user_id": "alice", "type": "ops-test", "title": title},
+            )
+            assert created.status_code == 201, created.text
+
+        for ws in (first, second):
+            got = await frames(ws, len(titles))
+            assert [f["event"] for f in got] == ["notification.created"] * len(titles)
+            assert [f["data"]["notification"]["title"] for f in got] == titles  # type: ignore[index]
+        # Requests went round-robin over both replicas and their two relays, and each
+        # event was published once: the outbox's promise with two replicas on one database.
+        deadline = time.monotonic() + 10
+        while True:
+            totals = [await published_total(client, port) for port in stack.replicas]
+            if sum(totals) - before >= len(titles) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert sum(totals) - before == len(titles), totals
+        created_by = [
+            await sample(client, port, 'notifications_http_requests_total{method="POST"')
+            for port in stack.replicas
+        ]
+        assert all(count > 0 for count in created_by), created_by  # the proxy used both
+        await bob.send(json.dumps({"action": "ping"}))
+        assert (await frames(bob, 1))[0]["event"] == "pong"  # nothing of alice's came first
+        listed = await client.get(
+            "/api/notifications", headers={"Authorization": f"Bearer {alice}"}
+        )
+        assert [n["title"] for n in listed.json()] == titles[::-1]
+
+
+async def test_the_edges_origin_check_works_through_the_proxy(stack: Stack) -> None:
+    token = stack.token("carol")
+    async with connect(stack.ws("/ws", token), origin=Origin(stack.http)) as ws:
+        assert (await frames(ws, 1))[0]["event"] == "connected"
+
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(stack.ws("/ws", token), origin=Origin("https://evil.example")):
+            pass
+    assert refused.value.response.status_code == 403
+
+
+async def test_the_page_is_served_and_logs_are_json_without_tokens(stack: Stack) -> None:
+    token = stack.token("dave")
+    async with httpx.AsyncClient(base_url=stack.http, timeout=10) as client:
+        page = await client.get("/")
+        health = await client.get("/healthz")
+        refused = await client.get(f"/api/notifications?access_token={token}")
+        async with connect(stack.ws("/ws", token), origin=Origin(stack.http)) as ws:
+            await frames(ws, 1)
+
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert health.status_code == 200
+    assert refused.status_code == 401  # the API takes the header only
+    service_lines = [
+        line for log in stack.logs[1:] for line in log.read_text().splitlines() if line.strip()
+    ]
+    assert service_lines
+    for line in service_lines:
+        assert isinstance(json.loads(line), dict), line
+        assert token not in line
+    proxy_log = stack.proxy_files.access_log.read_text()
+    assert token not in proxy_log
