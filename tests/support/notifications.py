@@ -139,22 +139,22 @@ def start_process(
         **env,
     }
     environ.pop("JWT_SECRET", None)  # dev mode's key is what make_token signs with
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [
-            str(SCRIPT),
-            "--dev",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=environ,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with log_path.open("wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [
+                str(SCRIPT),
+                "--dev",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     return process, f"http://127.0.0.1:{port}"
 
 
