@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from realtime_edge.endpoint import WebSocketEndpoint, error_body
 from realtime_edge.handshake import extract_token
@@ -24,6 +26,30 @@ from realtime_shared.streams import DEFAULT_STREAM
 STATIC_DIR = Path(__file__).parent / "static"
 
 DEV_TOKEN_TTL = 3600
+
+
+class WebSocketShortcut:
+    """Hands `/ws` and `/ws/{stream}` straight to the endpoint.
+
+    Every open connection keeps its whole ASGI call stack alive; skipping the router and
+    exception middleware frames saves memory per idle connection (and a little CPU).
+    """
+
+    def __init__(self, app: ASGIApp, endpoint: WebSocketEndpoint) -> None:
+        self.app = app
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            path: str = scope["path"]
+            if path == "/ws":
+                scope["path_params"] = {}
+                return await self.endpoint(scope, receive, send)
+            stream = path[4:] if path.startswith("/ws/") else ""
+            if stream and "/" not in stream:
+                scope["path_params"] = {"stream": stream}
+                return await self.endpoint(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -58,9 +84,7 @@ def create_app(settings: EdgeSettings, verifier: TokenVerifier | None = None) ->
             return _error(403, "FORBIDDEN", f"the {PERMISSION_ADMIN!r} permission is required")
         return JSONResponse(node.hub.summary())
 
-    routes: list[Route | WebSocketRoute | Mount] = [
-        WebSocketRoute("/ws", endpoint),
-        WebSocketRoute("/ws/{stream}", endpoint),
+    routes: list[Route | Mount] = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
@@ -107,6 +131,10 @@ def create_app(settings: EdgeSettings, verifier: TokenVerifier | None = None) ->
         finally:
             await node.stop()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(WebSocketShortcut, endpoint=endpoint)],
+    )
     app.state.node = node
     return app

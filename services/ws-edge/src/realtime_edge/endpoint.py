@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -103,7 +104,9 @@ class WebSocketEndpoint:
     async def _serve(self, admission: Admission, receive: Receive, send: Send) -> None:
         node = self.node
         settings = node.settings
-        session = Session(admission.claims, settings.edge_max_streams_per_connection)
+        # the raw payload is not needed after verification; idle connections stay smaller
+        claims = dataclasses.replace(admission.claims, raw={})
+        session = Session(claims, settings.edge_max_streams_per_connection)
         session.commit(session.plan(admission.streams))
         conn = Connection(uuid.uuid4().hex, session, send, settings.edge_send_queue)
         pending = node.hold(conn.user_id, session.streams)  # binding overlaps the upgrade

@@ -7,6 +7,7 @@ Replies are JSON text frames on the reserved ``system`` stream.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,5 +206,5 @@ class Session:
             raise ProtocolError(UNAUTHORIZED, f"refresh refused: {exc}") from None
         if claims.sub != self.claims.sub:
             raise ProtocolError(UNAUTHORIZED, "refresh refused: the token is for another user")
-        self.claims = claims
+        self.claims = dataclasses.replace(claims, raw={})
         return system_frame(REFRESHED, {"exp": claims.exp})
