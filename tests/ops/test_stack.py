@@ -33,6 +33,7 @@ from support.ops import (
     replace_once,
     require_tool,
     running_nginx,
+    stop,
 )
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
@@ -74,12 +75,7 @@ def service(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> Itera
         try:
             yield
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 def wait_ready(port: int, log: Path) -> None:

@@ -141,12 +141,17 @@ def running_nginx(nginx: str, files: ProxyFiles, port: int) -> Iterator[None]:
         wait_for_port(port, process)
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+    """SIGTERM, as `docker stop` sends; SIGKILL if it has not exited after `grace_s`."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def access_log_lines(files: ProxyFiles, count: int, deadline_s: float = 5.0) -> list[str]:
