@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -66,6 +67,8 @@ class Profiler:
 
     async def finish(self) -> str:
         if self.process is not None:
+            if self.process.returncode is None:
+                self.process.send_signal(signal.SIGINT)  # py-spy writes what it has and exits
             try:
                 await asyncio.wait_for(self.process.wait(), 30)
             except TimeoutError:

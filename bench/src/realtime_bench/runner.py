@@ -154,6 +154,10 @@ class Runner:
         return [users[i::parts] for i in range(parts) if users[i::parts]]
 
     async def connect(self, server: Server, users: list[str]) -> dict[str, Any]:
+        workers = self._workers()
+        cpu0 = server.monitor.cpu_seconds()
+        w0 = sum(w.cpu_seconds() for w in workers)
+        psutil.cpu_percent(None)
         replies = await asyncio.gather(
             *(
                 client.call(
@@ -179,6 +183,10 @@ class Runner:
             "failed": sum(r["failed"] for r in replies),
             "seconds": seconds,
             "subscribed_per_s": subscribed / seconds if seconds else 0.0,
+            "server_cpu_ms_per_conn": (server.monitor.cpu_seconds() - cpu0) * 1e3 / len(users),
+            "server_cpu_pct": (server.monitor.cpu_seconds() - cpu0) / seconds * 100,
+            "clients_cpu_pct": (sum(w.cpu_seconds() for w in workers) - w0) / seconds * 100,
+            "box_cpu_pct": psutil.cpu_percent(None),
             **({"errors": errors} if errors else {}),
         }
 
@@ -253,17 +261,28 @@ class Runner:
             if "connect" in opts.scenarios and opts.connect_n:
                 await self._close_clients()
                 big = [f"big-{i:05d}" for i in range(opts.connect_n)]
-                self.emit("connect", target.name, rep, "big", **await self.connect(server, big))
+                profiler = await self._profile(server, rep, "connect", self.opts.connect_timeout)
+                result = await self.connect(server, big)
+                if profiler is not None:
+                    self.profiles.append(await profiler.finish())
+                self.emit("connect", target.name, rep, "big", **result)
+
+    async def _profile(
+        self, server: Server, rep: int, what: str, seconds: float
+    ) -> Profiler | None:
+        """py-spy the edge during one phase of its first repetition, when --profile is on."""
+        if not self.opts.profile or server.target.name != "ws-edge" or rep != 0:
+            return None
+        profiler = Profiler(server.process.pid, self.supervisor.log_dir / f"edge-{what}.txt")
+        await profiler.start(seconds)
+        return profiler
 
     async def fanout(
         self, server: Server, users: list[str], rate: int, rep: int, idle: dict[str, float]
     ) -> None:
         assert self.publisher is not None
         count = max(1, int(rate * self.opts.duration))
-        profiler = None
-        if self.opts.profile and server.target.name == "ws-edge" and rep == 0:
-            profiler = Profiler(server.process.pid, self.supervisor.log_dir / f"edge-{rate}.txt")
-            await profiler.start(self.opts.duration + 1)
+        profiler = await self._profile(server, rep, f"fanout-{rate}", self.opts.duration + 1)
         publisher = self.publisher
         pub, replies, costs = await self.measured(
             server,
@@ -280,7 +299,7 @@ class Runner:
         self,
         server: Server,
         rep: int,
-        variant: str,
+        variant: str | None,
         count: int,
         pub: dict[str, Any],
         replies: list[dict[str, Any]],
@@ -313,6 +332,8 @@ class Runner:
         assert self.publisher is not None
         opts = self.opts
         publisher = self.publisher
+        seconds = opts.broadcasts / max(0.1, opts.broadcast_rate) + 1
+        profiler = await self._profile(server, rep, "broadcast", seconds)
         _, replies, costs = await self.measured(
             server,
             opts.broadcasts * n,
@@ -320,6 +341,8 @@ class Runner:
                 "broadcast", count=opts.broadcasts, rate=opts.broadcast_rate, wait=300
             ),
         )
+        if profiler is not None:
+            self.profiles.append(await profiler.finish())
         last: dict[str, float] = {}
         count: dict[str, int] = {}
         for reply in replies:
@@ -372,9 +395,8 @@ class Runner:
                     "fanout", wait=opts.duration * 10 + 60, users=users, count=count, rate=rate
                 ),
             )
-            self._fanout_result(
-                server, 0, f"{opts.hold_n} at {rate}/s", count, pub, replies, costs, idle, "hold"
-            )
+            idle["rate"] = float(rate)
+            self._fanout_result(server, 0, None, count, pub, replies, costs, idle, "hold")
 
     async def rest_round(self, db: str, rep: int) -> None:
         """Notifications created over REST at a fixed rate, received by connected clients."""
