@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]
-from support.ops import COMPOSE_FILE, EXAMPLE_ENV, FILLED_SECRETS, clean_env, require_tool
+from support.ops import (
+    COMPOSE_FILE,
+    EXAMPLE_ENV,
+    FILLED_SECRETS,
+    ROOT,
+    clean_env,
+    require_tool,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -77,6 +84,21 @@ def test_the_stack_is_the_documented_one(tmp_path: Path) -> None:
     }
     assert services["migrate"]["command"] == ["migrate"]
     assert services["proxy"]["depends_on"]["edge"] == {"condition": "service_healthy"}
+    # Each service runs the image its own Dockerfile builds, from the repository root.
+    built = {
+        name: (
+            svc["image"].split(":")[0],
+            Path(svc["build"]["context"]),
+            svc["build"]["dockerfile"],
+        )
+        for name, svc in services.items()
+        if "build" in svc
+    }
+    assert built == {
+        "migrate": ("realtime-notifications", ROOT, "services/notifications/Dockerfile"),
+        "notifications": ("realtime-notifications", ROOT, "services/notifications/Dockerfile"),
+        "edge": ("realtime-ws-edge", ROOT, "services/ws-edge/Dockerfile"),
+    }
 
 
 def test_state_lives_in_named_volumes(tmp_path: Path) -> None:
