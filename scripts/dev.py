@@ -22,7 +22,9 @@ import socket
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import aio_pika
 import httpx
 
 from realtime_shared.auth import PERMISSION_MANAGE_NOTIFICATIONS, issue_token
@@ -99,6 +101,13 @@ def curl_command(notifications_url: str, token: str, user: str) -> str:
     )
 
 
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
 def port_taken(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -167,8 +176,7 @@ async def wait_ready(children: dict[str, str], procs: list[Child]) -> None:
                         del pending[name]
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"{', '.join(pending)} not ready after {READY_TIMEOUT:.0f} s: is RabbitMQ "
-                    f"reachable at AMQP_URL={os.environ.get('AMQP_URL', '(default)')}?"
+                    f"{', '.join(pending)} not ready after {READY_TIMEOUT:.0f} s (see its log)"
                 )
             await asyncio.sleep(0.2)
 
@@ -194,7 +202,27 @@ def banner(edge_url: str, notifications_url: str, database: Path) -> str:
 """
 
 
+async def rabbitmq_answers(amqp_url: str) -> str | None:
+    """None when an AMQP connection opens; otherwise why not (checked before anything starts)."""
+    try:
+        connection = await aio_pika.connect(amqp_url, timeout=5)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    await connection.close()
+    return None
+
+
 async def run(args: argparse.Namespace) -> int:
+    amqp_url = RealtimeSettings(dev=True).amqp_url  # what the services will read (env, .env)
+    problem = await rabbitmq_answers(amqp_url)
+    if problem is not None:
+        print(
+            f"dev: RabbitMQ does not answer at {_redact(amqp_url)} ({problem}).\n"
+            "     Install and start it (sudo apt-get install rabbitmq-server), or run\n"
+            "     `docker compose up -d rabbitmq`, or set AMQP_URL to a broker you have.",
+            file=sys.stderr,
+        )
+        return 1
     taken = [p for p in (args.edge_port, args.notifications_port) if port_taken(args.host, p)]
     if taken:
         print(

@@ -129,3 +129,23 @@ async def test_a_taken_port_is_named_with_a_way_out(
     assert proc.returncode == 1
     assert f"port {taken}" in err.decode() and "already in use" in err.decode()
     assert "DEV_EDGE_PORT" in err.decode()
+
+
+async def test_a_missing_rabbitmq_is_said_at_once_with_how_to_get_one(tmp_path: Path) -> None:
+    env = dev_env("amqp://guest:secret@127.0.0.1:1/", "unused", free_port(), free_port())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "scripts/dev.py",
+        "--data-dir",
+        str(tmp_path),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
+    message = err.decode()
+    assert proc.returncode == 1
+    assert "RabbitMQ does not answer at amqp://guest:***@127.0.0.1:1/" in message
+    assert "apt-get install rabbitmq-server" in message and "docker compose" in message
