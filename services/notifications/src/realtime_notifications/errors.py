@@ -82,6 +82,9 @@ def install(app: FastAPI, check_token: Callable[[Request], object]) -> None:
 
     async def on_http(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if exc.status_code == 400:
+            # FastAPI's only 400 is a body it cannot decode (e.g. not UTF-8): bad JSON to us.
+            return error_response(422, f"request body is not valid JSON: {exc.detail}")
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:

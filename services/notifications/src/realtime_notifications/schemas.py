@@ -6,6 +6,7 @@ does not depend on them.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -35,6 +36,12 @@ def _storable(value: str) -> str:
 def _storable_json(value: Any) -> Any:
     if isinstance(value, str):
         _storable(value)
+    elif isinstance(value, bool):
+        pass
+    elif isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError("integers must fit 64 bits")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (no NaN or Infinity)")
     elif isinstance(value, dict):
         for key, item in value.items():
             _storable(key)
