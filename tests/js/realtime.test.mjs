@@ -301,6 +301,17 @@ describe("reconnecting", () => {
     assert.equal(FakeWebSocket.instances.length, 1);
   });
 
+  test("a URL that cannot be built is reported, not thrown at the page", async () => {
+    const { client } = makeClient({ url: "not a url" });
+    const errors = [];
+    client.onError((e) => errors.push(e));
+    client.connect();
+    await flush();
+    assert.equal(errors.length, 1);
+    assert.equal(FakeWebSocket.instances.length, 0);
+    assert.equal(client.state, "connecting");
+  });
+
   test("a handshake that never reaches `connected` is abandoned and retried", async () => {
     const { client } = makeClient();
     client.connect();

@@ -266,12 +266,12 @@ export class RealtimeClient {
     if (generation !== this.#generation || this.#stopped) return;
     this.#needFreshToken = false;
     this.#exp = tokenExpiry(token);
-    const url = buildWebSocketUrl(this.#opts.url ?? this.#opts.path, {
-      streams: [...this.#wanted].join(",") || null,
-      token,
-    });
     let ws;
     try {
+      const url = buildWebSocketUrl(this.#opts.url ?? this.#opts.path, {
+        streams: [...this.#wanted].join(",") || null,
+        token,
+      });
       ws = new this.#opts.WebSocket(url);
     } catch (error) {
       this.#report(error);
