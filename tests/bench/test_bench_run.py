@@ -37,7 +37,7 @@ def test_every_target_delivers_everything_and_the_report_has_every_scenario(
 ) -> None:
     out = tmp_path / "raw.jsonl"
     env = {"AMQP_URL": amqp_url, "POSTGRES_URL": postgres_url}
-    proc = bench(env, "--work-dir", str(tmp_path), "--out", str(out))
+    proc = bench(env, "--work-dir", str(tmp_path), "--out", str(out), "--profile")
     stdout, stderr = proc.communicate(timeout=150)
     assert proc.returncode == 0, stderr.decode()[-3000:]
     results = [orjson.loads(line) for line in out.read_bytes().splitlines()]
@@ -59,6 +59,8 @@ def test_every_target_delivers_everything_and_the_report_has_every_scenario(
     assert "### fanout 200/s (median of 1)" in report
     assert "| p99_ms |" in report
     assert "### goals" in report
+    assert "### profile edge-fanout-200.txt" in report  # py-spy sampled the edge
+    assert by[("fanout", "200/s", "ws-edge")]["broker_cpu_pct"] > 0
 
 
 def test_ctrl_c_stops_every_process_it_started(amqp_url: str, tmp_path: Path) -> None:

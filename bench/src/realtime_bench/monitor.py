@@ -53,3 +53,17 @@ class Monitor:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+BROKER_PROCESS_NAMES = frozenset({"beam.smp", "beam"})
+"""RabbitMQ's Erlang VM: read-only, to say when the broker limited a figure."""
+
+
+def find_broker() -> Monitor | None:
+    """The local RabbitMQ's process, when it runs on this host (it does in `make bench`)."""
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        name = proc.info.get("name") or ""
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if name in BROKER_PROCESS_NAMES and "rabbit" in cmdline:
+            return Monitor(proc.pid)
+    return None

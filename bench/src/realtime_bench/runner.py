@@ -22,7 +22,7 @@ import aio_pika
 import jwt
 import psutil
 
-from realtime_bench.monitor import Monitor
+from realtime_bench.monitor import Monitor, find_broker
 from realtime_bench.profile import Profiler
 from realtime_bench.report import Result, latency_summary
 from realtime_bench.rpc import Remote
@@ -75,6 +75,7 @@ class Runner:
         self.clients: list[Remote] = []
         self.publisher: Remote | None = None
         self.profiles: list[str] = []
+        self.broker = find_broker()
 
     async def setup(self) -> None:
         for i in range(self.opts.client_procs):
@@ -223,6 +224,7 @@ class Runner:
         cpu0, wall0 = server.monitor.cpu_seconds(), time.monotonic()
         w0 = sum(w.cpu_seconds() for w in workers)
         p0 = pub_mon.cpu_seconds()
+        b0 = self.broker.cpu_seconds() if self.broker else 0.0
         psutil.cpu_percent(None)
         pub = await publish()
         await self.drain(expected)
@@ -234,6 +236,8 @@ class Runner:
             "publisher_cpu_pct": (pub_mon.cpu_seconds() - p0) / wall * 100,
             "box_cpu_pct": psutil.cpu_percent(None),
         }
+        if self.broker:
+            costs["broker_cpu_pct"] = (self.broker.cpu_seconds() - b0) / wall * 100
         replies = await self.collect()
         return pub, replies, costs
 
@@ -365,6 +369,7 @@ class Runner:
             **latency_summary([v for r in replies for v in r["latencies"]]),
             cpu_us_per_msg=costs["server_cpu_s"] * 1e6 / max(1, delivered),
             server_cpu_pct=costs["server_cpu_pct"],
+            broker_cpu_pct=costs.get("broker_cpu_pct", 0.0),
             box_cpu_pct=costs["box_cpu_pct"],
         )
 
@@ -466,6 +471,7 @@ class Runner:
                     * 1e6
                     / max(1, pub["sent"]),
                     edge_cpu_pct=costs["server_cpu_pct"],
+                    broker_cpu_pct=costs.get("broker_cpu_pct", 0.0),
                     box_cpu_pct=costs["box_cpu_pct"],
                     **({"failures": pub["failures"]} if pub["failures"] else {}),
                 )
