@@ -45,6 +45,8 @@ def require_tool(name: str) -> str:
 def clean_env(**extra: str) -> dict[str, str]:
     """A minimal environment, so the caller's own JWT_SECRET or .env cannot leak into a check."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    if "UV_CACHE_DIR" in os.environ:  # offline uv runs need the cache the workspace used
+        env["UV_CACHE_DIR"] = os.environ["UV_CACHE_DIR"]
     env.update(extra)
     return env
 
