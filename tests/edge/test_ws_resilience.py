@@ -60,18 +60,8 @@ async def test_a_stalled_client_is_dropped_with_1013_while_others_get_everything
     make_token: MakeToken,
 ) -> None:
     async with running_edge(amqp_url, exchange, EDGE_SEND_QUEUE="8") as edge:
-        # A client that stops reading: a tiny receive buffer and no recv() calls.
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        raw.setblocking(False)
-        port = int(edge.base_url.rsplit(":", 1)[1])
-        await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", port))
-        stalled = await websockets.connect(
-            edge.ws_url(token=make_token("stalled")), sock=raw, max_queue=1, max_size=None
-        )
+        stalled = await _stalled_client(edge, make_token("stalled"))
         healthy = await connect(edge, make_token("healthy"), max_size=None)
-        assert (await recv_frame(stalled))["event"] == "connected"
-
         pad = "x" * 60_000
         total = 250
 
@@ -100,6 +90,44 @@ async def test_a_stalled_client_is_dropped_with_1013_while_others_get_everything
         assert (await recv_frame(healthy))["event"] == "pong"
         await healthy.close()
         assert "slow consumer" in edge.log_text()
+
+
+async def test_a_client_that_never_reads_again_loses_its_socket_after_the_close_timeout(
+    amqp_url: str,
+    exchange: str,
+    exchange_handle: aio_pika.abc.AbstractExchange,
+    make_token: MakeToken,
+) -> None:
+    async with running_edge(
+        amqp_url, exchange, EDGE_SEND_QUEUE="4", EDGE_CLOSE_TIMEOUT="0.5"
+    ) as edge:
+        stalled = await _stalled_client(edge, make_token("stalled"))
+        try:
+            for n in range(250):
+                await publish(
+                    exchange_handle,
+                    user_key("notifications", "stalled"),
+                    "bulk",
+                    n=n,
+                    pad="x" * 60_000,
+                )
+            closed = 'code="1013"'
+            await until(lambda: _positive(edge.metric("edge_connections_closed_total", closed)))
+            assert await edge.metric("edge_connections") == 0
+        finally:
+            stalled.transport.abort()
+
+
+async def _stalled_client(edge: EdgeProcess, token: str) -> websockets.ClientConnection:
+    """A client that stops reading: a tiny receive buffer, and nobody calls recv()."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    raw.setblocking(False)
+    port = int(edge.base_url.rsplit(":", 1)[1])
+    await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", port))
+    ws = await websockets.connect(edge.ws_url(token=token), sock=raw, max_queue=1, max_size=None)
+    assert (await recv_frame(ws))["event"] == "connected"
+    return ws
 
 
 async def _drain(ws: websockets.ClientConnection) -> None:

@@ -14,9 +14,27 @@ from starlette.types import Send
 from realtime_edge.closecodes import CloseCode
 from realtime_edge.protocol import Session
 
+DEFAULT_CLOSE_TIMEOUT = 10.0
+"""How long a closing client has to read up to the close frame (uvicorn's own close wait)."""
+
+
+def _abort_transport(send: Send) -> None:
+    """Abort the TCP connection behind an ASGI `send` (uvicorn's protocol object).
+
+    ASGI has no "abort"; closing a transport with unsent data waits for the peer to read
+    it, forever if the peer never does, so a stalled client would keep its socket.
+    """
+    protocol = getattr(send, "__self__", None)
+    transport = getattr(protocol, "transport", None)
+    abort = getattr(transport, "abort", None)
+    if callable(abort):
+        abort()
+
 
 class Connection:
     __slots__ = (
+        "_abort",
+        "_close_timeout",
         "_limit",
         "_loop",
         "_queue",
@@ -30,7 +48,14 @@ class Connection:
         "user_id",
     )
 
-    def __init__(self, connection_id: str, session: Session, send: Send, limit: int) -> None:
+    def __init__(
+        self,
+        connection_id: str,
+        session: Session,
+        send: Send,
+        limit: int,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    ) -> None:
         self.id = connection_id
         self.session = session
         self.user_id = session.user_id
@@ -43,6 +68,8 @@ class Connection:
         self._loop = asyncio.get_running_loop()
         self.close_code: CloseCode | None = None
         self.expiry: asyncio.TimerHandle | None = None
+        self._close_timeout = close_timeout
+        self._abort: asyncio.TimerHandle | None = None
         self.started = False  # True once `connected` is queued: only then may other frames go
 
     def deliver(self, frame: str) -> bool:
@@ -69,6 +96,8 @@ class Connection:
         if self.close_code is not None:
             return
         self.close_code = code
+        # A client that never reads never takes the close frame either: drop the socket then.
+        self._abort = self._loop.call_later(self._close_timeout, _abort_transport, self._send)
         if not flush:
             self._queue.clear()
         if self.expiry is not None:
@@ -79,6 +108,13 @@ class Connection:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+    def dispose(self) -> None:
+        """The socket is gone: no abort pending, no expiry pending."""
+        for handle in (self._abort, self.expiry):
+            if handle is not None:
+                handle.cancel()
+        self._abort = self.expiry = None
 
     async def write(self) -> None:
         """The writer task: send queued frames in order, then the close frame if one is asked."""

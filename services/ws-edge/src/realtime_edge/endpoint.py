@@ -108,7 +108,13 @@ class WebSocketEndpoint:
         claims = dataclasses.replace(admission.claims, raw={})
         session = Session(claims, settings.edge_max_streams_per_connection)
         session.commit(session.plan(admission.streams))
-        conn = Connection(uuid.uuid4().hex, session, send, settings.edge_send_queue)
+        conn = Connection(
+            uuid.uuid4().hex,
+            session,
+            send,
+            settings.edge_send_queue,
+            settings.edge_close_timeout,
+        )
         pending = node.hold(conn.user_id, session.streams)  # binding overlaps the upgrade
         await send({"type": "websocket.accept"})
         node.opened(conn)
@@ -124,6 +130,7 @@ class WebSocketEndpoint:
             if conn.close_code is not None:
                 code = conn.close_code
             conn.close(CloseCode.NORMAL)
+            conn.dispose()
             node.closed(conn, code)
             writer.cancel()
             with contextlib.suppress(BaseException):

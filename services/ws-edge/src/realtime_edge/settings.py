@@ -27,6 +27,10 @@ DEFAULT_MAX_CONNECTIONS_PER_USER = 32
 DEFAULT_MAX_STREAMS_PER_CONNECTION = 16
 """More than the catalog holds, so only a misbehaving client meets it."""
 
+DEFAULT_CLOSE_TIMEOUT = 10.0
+"""How long a client being closed may take to read up to the close frame before the socket
+is dropped (a stalled slow consumer never does)."""
+
 DEFAULT_NOTIFICATIONS_URL = "http://localhost:8081"
 
 
@@ -41,6 +45,7 @@ class EdgeSettings(RealtimeSettings):
     edge_unbind_delay: float = Field(default=DEFAULT_UNBIND_DELAY, ge=0)
     edge_max_connections_per_user: int = Field(default=DEFAULT_MAX_CONNECTIONS_PER_USER, ge=1)
     edge_max_streams_per_connection: int = Field(default=DEFAULT_MAX_STREAMS_PER_CONNECTION, ge=1)
+    edge_close_timeout: float = Field(default=DEFAULT_CLOSE_TIMEOUT, gt=0)
     edge_demo: bool | None = Field(default=None, description="serve the demo page (default: --dev)")
     edge_notifications_url: str = DEFAULT_NOTIFICATIONS_URL
     edge_per_message_deflate: bool = False
