@@ -8,12 +8,14 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
 
 import aio_pika
+import httpx
 import orjson
 import pytest
 import websockets
-from support.edge import EdgeProcess, recv_frame, running_edge
+from support.edge import EdgeProcess, TcpProxy, recv_frame, running_edge
 
 from realtime_shared.routing import user_key
 
@@ -276,3 +278,38 @@ async def test_sigterm_closes_every_connection_with_1001_and_exits_quickly(
         for part in token.split("."):
             assert part not in log  # ...but no token, nor any part of one
     assert "[redacted]" in log
+
+
+async def test_while_rabbitmq_is_unreachable_readyz_and_handshakes_say_503_then_all_recovers(
+    amqp_url: str,
+    exchange: str,
+    exchange_handle: aio_pika.abc.AbstractExchange,
+    make_token: MakeToken,
+) -> None:
+    broker = urlsplit(amqp_url)
+    async with TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672) as proxy:
+        via_proxy = amqp_url.replace(f"{broker.hostname}:{broker.port}", f"127.0.0.1:{proxy.port}")
+        async with running_edge(via_proxy, exchange) as edge, httpx.AsyncClient() as http:
+            alice = await connect(edge, make_token("alice"))
+            proxy.cut()
+
+            async def unready() -> bool:
+                return (await http.get(f"{edge.base_url}/readyz")).status_code == 503
+
+            await until(unready)
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await websockets.connect(edge.ws_url(token=make_token("bob")))
+            assert refused.value.response.status_code == 503
+            await alice.send('{"action":"subscribe","streams":["chat"]}')
+
+            proxy.restore()
+            frames = [await recv_frame(alice, within=20), await recv_frame(alice, within=20)]
+            by_event = {f["event"]: f["data"] for f in frames}
+            assert by_event["subscribed"] == {"streams": ["notifications", "chat"]}
+            assert by_event["resync"]["streams"] in (["notifications"], ["notifications", "chat"])  # type: ignore[index]
+            assert (await http.get(f"{edge.base_url}/readyz")).status_code == 200
+            await publish(exchange_handle, user_key("chat", "alice"), "back")
+            await publish(exchange_handle, user_key("notifications", "alice"), "back.too")
+            assert (await recv_frame(alice))["event"] == "back"
+            assert (await recv_frame(alice))["event"] == "back.too"
+            await alice.close()
