@@ -9,6 +9,7 @@ from http import HTTPStatus
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -87,6 +88,11 @@ def install(app: FastAPI, check_token: Callable[[Request], object]) -> None:
             return error_response(422, f"request body is not valid JSON: {exc.detail}")
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
+    async def on_database_down(request: Request, exc: Exception) -> Response:
+        # Nothing was committed; the client may retry (with its Idempotency-Key, for create).
+        log.warning("database unavailable on %s %s: %r", request.method, request.url.path, exc)
+        return error_response(503, "database unavailable, retry later", {"Retry-After": "1"})
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(500, "internal error")
@@ -96,4 +102,6 @@ def install(app: FastAPI, check_token: Callable[[Request], object]) -> None:
     app.add_exception_handler(NotificationNotFound, on_not_found)
     app.add_exception_handler(RequestValidationError, on_invalid)
     app.add_exception_handler(HTTPException, on_http)
+    for unavailable in (OperationalError, InterfaceError, OSError, TimeoutError):
+        app.add_exception_handler(unavailable, on_database_down)
     app.add_exception_handler(Exception, on_unexpected)
