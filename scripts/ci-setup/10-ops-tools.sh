@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The ops tests (tests/ops/) validate compose.yaml and the proxy config with real parsers,
 # since no Docker engine runs in CI: Debian's nginx (`nginx -t`, and real traffic through
-# it) and Debian's docker-compose (`docker-compose config`). hadolint comes from PyPI with
-# the dev group. Idempotent: does nothing when both are there.
+# it), Debian's docker-compose (`docker-compose config`) and promtool from Debian's
+# prometheus (alert rules, their unit tests, the dashboard's queries). hadolint comes from
+# PyPI with the dev group. Idempotent: does nothing when all three are there.
 set -euo pipefail
 
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
@@ -19,7 +21,11 @@ as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
 # --no-install-recommends keeps docker-compose from pulling in the Docker engine.
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >&2
-# The package may start a system nginx on port 80; the tests run their own on free ports.
-if command -v service >/dev/null 2>&1; then as_root service nginx stop >/dev/null 2>&1 || true; fi
+# The packages may start system daemons (nginx on 80, Prometheus on 9090); the tests need
+# only the binaries and run their own nginx on free ports.
+if command -v service >/dev/null 2>&1; then
+    for daemon in nginx prometheus; do as_root service "$daemon" stop >/dev/null 2>&1 || true; done
+fi
 nginx -v >&2
 docker-compose version >&2
+promtool --version >&2

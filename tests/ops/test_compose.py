@@ -20,6 +20,7 @@ from support.ops import (
 pytestmark = pytest.mark.unit
 
 SERVICES = {"rabbitmq", "postgres", "migrate", "notifications", "edge", "proxy"}
+MONITORING = {"prometheus", "grafana"}
 
 
 def compose_config(env_file: Path, **environ: str) -> subprocess.CompletedProcess[str]:
@@ -72,7 +73,10 @@ def test_each_secret_is_required(tmp_path: Path, secret: str) -> None:
 def test_the_stack_is_the_documented_one(tmp_path: Path) -> None:
     services = rendered(tmp_path)["services"]
 
-    assert set(services) == SERVICES
+    assert set(services) == SERVICES | MONITORING
+    # `docker compose up` starts the stack; Prometheus and Grafana only on request.
+    assert {name for name, svc in services.items() if svc.get("profiles")} == MONITORING
+    assert all(services[name]["profiles"] == ["monitoring"] for name in MONITORING)
     assert services["edge"]["deploy"]["replicas"] == 2
     assert services["notifications"]["deploy"]["replicas"] == 2
     assert "management" in services["rabbitmq"]["image"]
@@ -104,7 +108,12 @@ def test_the_stack_is_the_documented_one(tmp_path: Path) -> None:
 def test_state_lives_in_named_volumes(tmp_path: Path) -> None:
     config = rendered(tmp_path)
 
-    assert set(config["volumes"]) == {"rabbitmq-data", "postgres-data"}
+    assert set(config["volumes"]) == {
+        "rabbitmq-data",
+        "postgres-data",
+        "prometheus-data",
+        "grafana-data",
+    }
     volumes = {name: svc.get("volumes", []) for name, svc in config["services"].items()}
     assert "rabbitmq-data:/var/lib/rabbitmq:rw" in volumes["rabbitmq"]
     assert "postgres-data:/var/lib/postgresql/data:rw" in volumes["postgres"]
@@ -137,8 +146,10 @@ def test_only_the_proxy_is_published_and_by_default_on_loopback(tmp_path: Path) 
 
     assert published == {
         "proxy": ["127.0.0.1:8000:8000/tcp"],
-        # The management UI is for the operator on this host only.
+        # The management UI and the monitoring are for the operator on this host only.
         "rabbitmq": ["127.0.0.1:15672:15672/tcp"],
+        "prometheus": ["127.0.0.1:9090:9090/tcp"],
+        "grafana": ["127.0.0.1:3000:3000/tcp"],
     }
 
 
@@ -153,10 +164,19 @@ def test_operator_overrides_reach_the_stack(tmp_path: Path) -> None:
     assert services["edge"]["environment"]["LOG_FORMAT"] == "text"
 
 
-def test_the_proxy_runs_the_repository_config(tmp_path: Path) -> None:
-    proxy = rendered(tmp_path)["services"]["proxy"]
-    mounts = [volume.split(":") for volume in proxy["volumes"]]
+def test_the_proxy_and_monitoring_run_the_repository_config(tmp_path: Path) -> None:
+    services = rendered(tmp_path)["services"]
 
-    assert [
-        (Path(src).relative_to(COMPOSE_FILE.parent).as_posix(), dst) for src, dst, _ in mounts
-    ] == [("deploy/nginx/nginx.conf", "/etc/nginx/nginx.conf")]
+    def mounted(name: str) -> list[tuple[str, str]]:
+        mounts = [v.split(":") for v in services[name]["volumes"] if v.startswith("/")]
+        return [(Path(src).relative_to(ROOT).as_posix(), dst) for src, dst, _ in mounts]
+
+    assert mounted("proxy") == [("deploy/nginx/nginx.conf", "/etc/nginx/nginx.conf")]
+    assert mounted("prometheus") == [("deploy/prometheus", "/etc/prometheus")]
+    assert mounted("grafana") == [
+        ("deploy/grafana/provisioning", "/etc/grafana/provisioning"),
+        ("deploy/grafana/realtime-dashboard.json", "/var/lib/grafana/dashboards/realtime.json"),
+    ]
+    for name in ("proxy", "prometheus", "grafana"):
+        for src, _ in mounted(name):
+            assert (ROOT / src).exists(), src
