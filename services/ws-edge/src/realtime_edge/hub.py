@@ -7,6 +7,7 @@ key names its recipients directly, with no parsing on the hot path.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -22,8 +23,10 @@ from realtime_shared.routing import stream_key, user_key
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=65536)
 def keys_for(stream: str, user_id: str) -> tuple[str, str]:
-    """The two routing keys a connection of `user_id` holding `stream` receives."""
+    """The two routing keys a connection of `user_id` holding `stream` receives (cached:
+    every connect, subscribe and close needs them, and percent-encoding is not free)."""
     return user_key(stream, user_id), stream_key(stream)
 
 

@@ -1,0 +1,134 @@
+"""The hub's fan-out without sockets: who gets a message, in what form, and who is dropped."""
+
+from typing import Any
+
+import orjson
+import pytest
+
+from realtime_edge.closecodes import CloseCode
+from realtime_edge.connection import Connection
+from realtime_edge.hub import Hub
+from realtime_edge.metrics import EdgeMetrics
+from realtime_edge.protocol import Session
+from realtime_shared.auth import Claims
+from realtime_shared.routing import stream_key, user_key
+
+pytestmark = pytest.mark.component
+
+
+async def _never_send(message: Any) -> None:
+    raise AssertionError("the hub must not send; only the writer task does")
+
+
+def connection(hub: Hub, user: str, streams: list[str], limit: int = 4) -> Connection:
+    session = Session(Claims(sub=user, exp=2**31), max_streams=8)
+    session.commit(session.plan(streams))
+    conn = Connection(f"c-{user}-{len(hub.connections)}", session, _never_send, limit)
+    hub.register(conn)
+    return conn
+
+
+def queued(conn: Connection) -> list[dict[str, Any]]:
+    return [orjson.loads(text) for text in conn._queue]
+
+
+def body(stream: str, event: str, **data: object) -> bytes:
+    return orjson.dumps({"stream": stream, "event": event, "data": data})
+
+
+async def test_a_user_key_reaches_that_users_connections_on_that_stream_only() -> None:
+    hub = Hub(EdgeMetrics())
+    a1 = connection(hub, "a.b", ["notifications"])
+    a2 = connection(hub, "a.b", ["notifications", "chat"])
+    other = connection(hub, "a", ["notifications"])
+    hub.dispatch(user_key("notifications", "a.b"), body("notifications", "hi", n=1))
+    hub.dispatch(user_key("chat", "a.b"), body("chat", "chat.only"))
+    assert [f["event"] for f in queued(a1)] == ["hi"]
+    assert [f["event"] for f in queued(a2)] == ["hi", "chat.only"]
+    assert queued(other) == []
+
+
+async def test_a_stream_key_reaches_every_holder() -> None:
+    hub = Hub(EdgeMetrics())
+    conns = [connection(hub, user, ["chat"]) for user in ("x", "y")]
+    bystander = connection(hub, "z", ["notifications"])
+    hub.dispatch(stream_key("chat"), body("chat", "all"))
+    assert all(queued(c) == [{"stream": "chat", "event": "all", "data": {}}] for c in conns)
+    assert queued(bystander) == []
+
+
+async def test_the_frame_is_one_shared_string_and_untouched_when_already_right() -> None:
+    hub = Hub(EdgeMetrics())
+    a, b = connection(hub, "u", ["chat"]), connection(hub, "v", ["chat"])
+    raw = b'{"stream":"chat","event":"e","meta":{"k":[1,2]}}'
+    hub.dispatch("chat", raw)
+    assert a._queue[0] is b._queue[0]  # encoded once for every recipient
+    assert a._queue[0] == raw.decode()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"stream":"notifications","event":"e","data":{"x":1}}',
+        b'{"event": "e", "data": {"x": 1}}',
+        b'{ "stream" : "chat", "event": "e", "data": {"x": 1}}',
+    ],
+)
+async def test_stream_is_set_from_the_routing_key(raw: bytes) -> None:
+    hub = Hub(EdgeMetrics())
+    conn = connection(hub, "u", ["chat"])
+    hub.dispatch(user_key("chat", "u"), raw)
+    assert queued(conn) == [{"stream": "chat", "event": "e", "data": {"x": 1}}]
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1]", b'{"data":{}}', b"\xff\xfe"])
+async def test_a_body_that_is_not_an_envelope_is_dropped_and_counted(raw: bytes) -> None:
+    metrics = EdgeMetrics()
+    hub = Hub(metrics)
+    conn = connection(hub, "u", ["chat"])
+    hub.dispatch(user_key("chat", "u"), raw)
+    assert queued(conn) == []
+    assert metrics.dropped._value.get() == 1
+
+
+async def test_a_full_queue_closes_that_connection_only_with_1013() -> None:
+    metrics = EdgeMetrics()
+    hub = Hub(metrics)
+    slow = connection(hub, "slow", ["chat"], limit=2)
+    fast = connection(hub, "fast", ["chat"], limit=100)
+    for n in range(3):
+        hub.dispatch("chat", body("chat", "e", n=n))
+        fast._queue.clear()  # the fast one keeps up
+    assert slow.close_code is CloseCode.TRY_AGAIN_LATER
+    assert slow.id not in hub.connections
+    assert fast.close_code is None
+    assert metrics.slow_consumers._value.get() == 1
+    hub.dispatch("chat", body("chat", "after"))
+    assert [f["event"] for f in queued(fast)] == ["after"]
+    assert queued(slow) == []  # dropped, not delivered late
+
+
+async def test_leaving_a_stream_and_unregistering_stop_delivery_and_update_the_summary() -> None:
+    hub = Hub(EdgeMetrics())
+    a = connection(hub, "a", ["notifications", "chat"])
+    b = connection(hub, "b", ["notifications"])
+    c = connection(hub, "a", ["notifications"])
+    assert hub.summary() == {
+        "connections": 3,
+        "users": 2,
+        "streams": {
+            "notifications": {"connections": 3, "users": 2},
+            "chat": {"connections": 1, "users": 1},
+        },
+    }
+    hub.leave(a, "chat")
+    hub.unregister(b)
+    hub.unregister(b)  # idempotent
+    hub.dispatch("chat", body("chat", "gone"))
+    hub.dispatch(user_key("notifications", "b"), body("notifications", "gone"))
+    assert queued(a) == queued(b) == queued(c) == []
+    assert hub.summary() == {
+        "connections": 2,
+        "users": 1,
+        "streams": {"notifications": {"connections": 2, "users": 1}},
+    }
