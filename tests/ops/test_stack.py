@@ -66,6 +66,19 @@ class Stack:
     def token(self, user: str, *permissions: str) -> str:
         return issue_token(user, self.secret, ttl=300, permissions=list(permissions))
 
+    def token_cli(self, *argv: str) -> str:
+        """`realtime-token` as docs/operations.md runs it in the edge container (same env)."""
+        result = subprocess.run(
+            [str(BIN / "realtime-token"), *argv],
+            env=clean_env(JWT_SECRET=self.secret, JWT_ALGORITHMS="HS256"),
+            cwd=self.proxy_files.prefix,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return result.stdout.strip()
+
 
 @contextmanager
 def service(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[None]:
@@ -221,8 +234,8 @@ async def published_total(client: httpx.AsyncClient, port: int) -> float:
 
 
 async def test_a_notification_reaches_every_socket_of_its_user_once(stack: Stack) -> None:
-    alice = stack.token("alice")
-    ops = stack.token("ops", "notification.manage")
+    alice = stack.token_cli("alice")
+    ops = stack.token_cli("ops", "--permissions", "notification.manage")
     origin = Origin(stack.http)
     async with (
         connect(stack.ws("/ws", alice), origin=origin) as first,
