@@ -140,6 +140,17 @@ def test_services_get_their_secrets_and_urls_from_env(tmp_path: Path) -> None:
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == postgres
 
 
+def test_service_containers_are_locked_down(tmp_path: Path) -> None:
+    services = rendered(tmp_path)["services"]
+
+    for name in ("edge", "notifications", "migrate"):
+        svc = services[name]
+        assert svc["read_only"] is True, name
+        assert svc["tmpfs"] == ["/tmp"], name
+        assert svc["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in svc["security_opt"], name
+
+
 def test_only_the_proxy_is_published_and_by_default_on_loopback(tmp_path: Path) -> None:
     services = rendered(tmp_path)["services"]
     published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
