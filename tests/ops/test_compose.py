@@ -55,6 +55,12 @@ def rendered(tmp_path: Path, **overrides: str) -> dict[str, Any]:
     return config
 
 
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The stack as compose resolves it from the example env with its secrets filled in."""
+    return rendered(tmp_path_factory.mktemp("env"))
+
+
 def test_the_example_env_as_shipped_is_refused_until_the_secrets_are_written() -> None:
     result = compose_config(EXAMPLE_ENV)
 
@@ -70,8 +76,8 @@ def test_each_secret_is_required(tmp_path: Path, secret: str) -> None:
     assert f"write {secret} in .env" in result.stderr
 
 
-def test_the_stack_is_the_documented_one(tmp_path: Path) -> None:
-    services = rendered(tmp_path)["services"]
+def test_the_stack_is_the_documented_one(config: dict[str, Any]) -> None:
+    services = config["services"]
 
     assert set(services) == SERVICES | MONITORING
     # `docker compose up` starts the stack; Prometheus and Grafana only on request.
@@ -105,8 +111,7 @@ def test_the_stack_is_the_documented_one(tmp_path: Path) -> None:
     }
 
 
-def test_state_lives_in_named_volumes(tmp_path: Path) -> None:
-    config = rendered(tmp_path)
+def test_state_lives_in_named_volumes(config: dict[str, Any]) -> None:
 
     assert set(config["volumes"]) == {
         "rabbitmq-data",
@@ -121,8 +126,8 @@ def test_state_lives_in_named_volumes(tmp_path: Path) -> None:
     assert config["services"]["rabbitmq"]["hostname"] == "rabbitmq"
 
 
-def test_services_get_their_secrets_and_urls_from_env(tmp_path: Path) -> None:
-    services = rendered(tmp_path)["services"]
+def test_services_get_their_secrets_and_urls_from_env(config: dict[str, Any]) -> None:
+    services = config["services"]
     rabbit = FILLED_SECRETS["RABBITMQ_PASSWORD"]
     postgres = FILLED_SECRETS["POSTGRES_PASSWORD"]
 
@@ -140,8 +145,8 @@ def test_services_get_their_secrets_and_urls_from_env(tmp_path: Path) -> None:
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == postgres
 
 
-def test_service_containers_are_locked_down(tmp_path: Path) -> None:
-    services = rendered(tmp_path)["services"]
+def test_service_containers_are_locked_down(config: dict[str, Any]) -> None:
+    services = config["services"]
 
     for name in ("edge", "notifications", "migrate"):
         svc = services[name]
@@ -151,8 +156,8 @@ def test_service_containers_are_locked_down(tmp_path: Path) -> None:
         assert "no-new-privileges:true" in svc["security_opt"], name
 
 
-def test_only_the_proxy_is_published_and_by_default_on_loopback(tmp_path: Path) -> None:
-    services = rendered(tmp_path)["services"]
+def test_only_the_proxy_is_published_and_by_default_on_loopback(config: dict[str, Any]) -> None:
+    services = config["services"]
     published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
 
     assert published == {
@@ -175,8 +180,8 @@ def test_operator_overrides_reach_the_stack(tmp_path: Path) -> None:
     assert services["edge"]["environment"]["LOG_FORMAT"] == "text"
 
 
-def test_the_proxy_and_monitoring_run_the_repository_config(tmp_path: Path) -> None:
-    services = rendered(tmp_path)["services"]
+def test_the_proxy_and_monitoring_run_the_repository_config(config: dict[str, Any]) -> None:
+    services = config["services"]
 
     def mounted(name: str) -> list[tuple[str, str]]:
         mounts = [v.split(":") for v in services[name]["volumes"] if v.startswith("/")]
