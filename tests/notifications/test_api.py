@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 
@@ -312,3 +313,19 @@ async def test_asyncapi_describes_every_event(client: httpx.AsyncClient) -> None
     document = (await client.get("/asyncapi")).text
     for event in ("created", "read", "updated", "deleted", "read_all"):
         assert f"notification.{event}" in document
+
+
+async def test_concurrent_retries_with_one_key_create_one_notification(
+    client: httpx.AsyncClient, auth: Auth, publisher: FakePublisher
+) -> None:
+    headers = {**auth("ops", manage=True), "Idempotency-Key": "same"}
+    body = {"user_id": "alice", "type": "t"}
+    responses = await asyncio.gather(
+        *(client.post(BASE, json=body, headers=headers) for _ in range(5))
+    )
+
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert len((await client.get(BASE, headers=auth("alice"))).json()) == 1
+    await until_metric(client, "notifications_outbox_backlog", 0)
+    assert len(publisher.published) == 1
