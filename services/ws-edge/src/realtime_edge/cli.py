@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import socket
 import sys
 
@@ -31,6 +32,15 @@ class EdgeServer(uvicorn.Server):
             server.close()  # stop accepting before telling clients to go elsewhere
         await self.node.drain(DRAIN_TIMEOUT)
         await super().shutdown(sockets)
+
+
+def raise_fd_limit() -> None:
+    """Every connection is a file descriptor, and many hosts start with a soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=DRAIN_TIMEOUT,
         backlog=4096,
     )
+    raise_fd_limit()
     server = EdgeServer(config, app.state.node)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
