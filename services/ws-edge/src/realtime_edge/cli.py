@@ -9,6 +9,7 @@ import socket
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from realtime_edge.app import create_app
 from realtime_edge.node import Node
@@ -62,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides["dev"] = True
     if args.log_level:
         overrides["log_level"] = args.log_level.upper()
-    settings = EdgeSettings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = EdgeSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        print(f"ws-edge: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
         app = create_app(settings)
