@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 
 import pytest
-from support.notifications import FakePublisher, make_settings, running_app
+from support.notifications import FakePublisher, make_settings, running_app, until_ready
 from support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -35,10 +33,7 @@ async def test_a_lost_database_is_503_and_the_service_recovers(
             assert (await client.get("/readyz")).status_code == 503
 
             proxy.restore()
-            deadline = time.monotonic() + 10
-            while (await client.get("/readyz")).status_code != 200:
-                assert time.monotonic() < deadline, "never ready again"
-                await asyncio.sleep(0.05)
+            await until_ready(client, 200)
             second = await client.post(BASE, json={"user_id": "alice", "type": "t"}, headers=ops)
             assert second.status_code == 201
             events = await publisher.wait_for(2)

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 
-import httpx
 import pytest
-from support.notifications import make_settings, metric, running_app, until_metric, user_events
+from support.notifications import (
+    make_settings,
+    metric,
+    running_app,
+    until_metric,
+    until_ready,
+    user_events,
+)
 from support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
 Auth = Callable[..., dict[str, str]]
 BASE = "/api/notifications"
-
-
-async def until_ready(client: httpx.AsyncClient, status: int, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while (await client.get("/readyz")).status_code != status:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"/readyz never answered {status}")
-        await asyncio.sleep(0.05)
 
 
 async def test_events_wait_out_a_broker_outage_and_arrive_once_in_order(

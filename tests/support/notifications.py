@@ -118,6 +118,15 @@ async def until_metric(
         await asyncio.sleep(0.02)
 
 
+async def until_ready(client: httpx.AsyncClient, status: int, within: float = 15.0) -> None:
+    """Poll /readyz until it answers `status` (readiness has no event to wait for)."""
+    deadline = time.monotonic() + within
+    while (await client.get("/readyz")).status_code != status:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/readyz never answered {status} within {within} s")
+        await asyncio.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import orjson
 from sqlalchemy.exc import IntegrityError
@@ -50,16 +50,7 @@ class NotificationService:
             if first is not None:
                 return _loads(first)
         now = utcnow()
-        n = Notification.new(
-            user_id=new.user_id,
-            type=new.type,
-            title=new.title,
-            message=new.message,
-            severity=new.severity,
-            action_url=new.action_url,
-            metadata=new.metadata,
-            now=now,
-        )
+        n = Notification.new(**asdict(new), now=now)
         body = n.to_dict()
         try:
             async with self._uow() as uow:
