@@ -313,3 +313,27 @@ async def test_while_rabbitmq_is_unreachable_readyz_and_handshakes_say_503_then_
             assert (await recv_frame(alice))["event"] == "back"
             assert (await recv_frame(alice))["event"] == "back.too"
             await alice.close()
+
+
+async def test_an_edge_started_before_rabbitmq_is_reachable_becomes_ready_when_it_is(
+    amqp_url: str, exchange: str, make_token: MakeToken
+) -> None:
+    broker = urlsplit(amqp_url)
+    async with TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672) as proxy:
+        proxy.cut()
+        via_proxy = amqp_url.replace(f"{broker.hostname}:{broker.port}", f"127.0.0.1:{proxy.port}")
+        async with (
+            running_edge(via_proxy, exchange, wait_ready=False) as edge,
+            httpx.AsyncClient(base_url=edge.base_url) as http,
+        ):
+            assert (await http.get("/readyz")).status_code == 503
+            assert (await http.get("/healthz")).status_code == 200
+            proxy.restore()
+
+            async def ready() -> bool:
+                return (await http.get("/readyz")).status_code == 200
+
+            await until(ready, within=20)
+            ws = await connect(edge, make_token("alice"))
+            await ws.close()
+        assert "not reachable yet" in edge.log_text()

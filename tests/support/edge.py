@@ -87,7 +87,7 @@ def _spawn(workdir: Path, log_path: Path, environ: dict[str, str]) -> subprocess
         )
 
 
-async def _wait_started(proc: subprocess.Popen[bytes], log_path: Path) -> str:
+async def _wait_started(proc: subprocess.Popen[bytes], log_path: Path, probe: str) -> str:
     deadline = time.monotonic() + START_TIMEOUT
     port: str | None = None
     async with httpx.AsyncClient() as client:
@@ -98,14 +98,17 @@ async def _wait_started(proc: subprocess.Popen[bytes], log_path: Path) -> str:
                 port = match.group(1)
             if port is not None:
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                    if (await client.get(f"http://127.0.0.1:{port}{probe}")).status_code == 200:
                         return f"http://127.0.0.1:{port}"
             await asyncio.sleep(0.05)
     raise RuntimeError(f"ws-edge was not ready within {START_TIMEOUT} s:\n{_read(log_path)}")
 
 
 @contextlib.asynccontextmanager
-async def running_edge(amqp_url: str, exchange: str, **env: str) -> AsyncIterator[EdgeProcess]:
+async def running_edge(
+    amqp_url: str, exchange: str, *, wait_ready: bool = True, **env: str
+) -> AsyncIterator[EdgeProcess]:
+    """`wait_ready=False`: return once the process answers /healthz, connected or not."""
     workdir = Path(tempfile.mkdtemp(prefix="ws-edge-"))
     log_path = workdir / "ws-edge.log"
     environ = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
@@ -114,7 +117,7 @@ async def running_edge(amqp_url: str, exchange: str, **env: str) -> AsyncIterato
     proc = _spawn(workdir, log_path, environ)
     edge: EdgeProcess | None = None
     try:
-        base_url = await _wait_started(proc, log_path)
+        base_url = await _wait_started(proc, log_path, "/readyz" if wait_ready else "/healthz")
         async with httpx.AsyncClient() as client:
             node_id = (await client.get(f"{base_url}/healthz")).json()["node"]
         edge = EdgeProcess(proc, base_url, log_path, node_id)

@@ -36,6 +36,9 @@ RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 CONNECT_TIMEOUT = 10.0
 
+START_WAIT = 2.0
+"""How long start-up waits for RabbitMQ before serving anyway (not ready, still retrying)."""
+
 
 class _Binding:
     __slots__ = ("ready", "refs", "timer")
@@ -192,8 +195,12 @@ class BrokerLink:
     def ready(self) -> bool:
         return self._consuming.is_set()
 
-    async def start(self, within: float = CONNECT_TIMEOUT) -> None:
-        """Begin the link and wait for the first successful connection (or raise)."""
+    async def start(self, within: float = START_WAIT) -> bool:
+        """Begin the link; wait a little for the first connection. False if not there yet.
+
+        The process stays up either way (not ready, retrying), so an edge started before
+        RabbitMQ becomes ready when it is, instead of crash-looping.
+        """
         self._task = asyncio.create_task(self._run(), name="ws-edge broker link")
         waiter = asyncio.ensure_future(self._consuming.wait())
         done, _ = await asyncio.wait(
@@ -201,8 +208,8 @@ class BrokerLink:
         )
         if waiter not in done:
             waiter.cancel()
-            await self.stop()
-            raise ConnectionError(f"could not reach RabbitMQ within {within:.0f} s")
+            return False
+        return True
 
     async def stop(self) -> None:
         if self._task is not None:

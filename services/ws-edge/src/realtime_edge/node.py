@@ -55,8 +55,10 @@ class Node:
         return self.link.ready and not self.draining
 
     async def start(self) -> None:
-        await self.link.start()
-        log.info("consuming from RabbitMQ as %r", self.link.connection_name)
+        if await self.link.start():
+            log.info("consuming from RabbitMQ as %r", self.link.connection_name)
+        else:
+            log.warning("RabbitMQ is not reachable yet: /readyz answers 503 until it is")
 
     async def stop(self) -> None:
         await self.link.stop()
