@@ -14,7 +14,7 @@ from support.notifications import start_process, stop_process, wait_ready_sync
 pytestmark = pytest.mark.e2e  # a real service process
 
 ERROR_CODES = {401, 403, 404, 405, 413, 422}
-MAX_EXAMPLES = 40
+MAX_EXAMPLES = 30
 
 
 @pytest.fixture

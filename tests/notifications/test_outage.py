@@ -61,3 +61,26 @@ async def test_events_wait_out_a_broker_outage_and_arrive_once_in_order(
             assert [e.event for e in got] == ["notification.created"] * 10 + ["notification.read"]
             assert await events.is_empty()  # exactly once: nothing was published twice
             await until_ready(client, 200)
+
+
+async def test_the_service_starts_and_serves_while_the_broker_is_unreachable(
+    database_url: str, amqp_url: str, exchange: str, auth: Auth
+) -> None:
+    async with (
+        TcpProxy.for_url(amqp_url) as proxy,
+        user_events(amqp_url, exchange, "alice") as events,
+    ):
+        proxy.cut()
+        settings = make_settings(
+            database_url, amqp_url=proxy.rewrite(amqp_url), realtime_exchange=exchange
+        )
+        async with running_app(settings) as client:
+            body = {"user_id": "alice", "type": "t"}
+            created = await client.post(BASE, json=body, headers=auth("ops", manage=True))
+            assert created.status_code == 201
+            assert (await client.get("/readyz")).status_code == 503
+
+            proxy.restore()
+            [event] = await events.take(1, within=20)
+            assert event.data["notification_id"] == created.json()["id"]
+            await until_ready(client, 200)

@@ -13,8 +13,8 @@ from support.notifications import notifications_process, user_events
 pytestmark = pytest.mark.e2e
 
 Auth = Callable[..., dict[str, str]]
-USERS = [f"user-{i}" for i in range(5)]
-PER_USER = 100
+USERS = [f"user-{i}" for i in range(10)]
+PER_USER = 50
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
