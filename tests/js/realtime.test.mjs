@@ -236,16 +236,20 @@ describe("reconnecting", () => {
   test("streams the edge rejects are not asked for again", async () => {
     const { client } = makeClient();
     const ws = await connected(client);
-    const done = client.subscribe(["nope"]);
+    const done = client.subscribe(["nope", "chat"]);
     ws.deliver({
       stream: "system",
       event: "subscribed",
-      data: { streams: ["notifications"], rejected: [{ stream: "nope", code: "NOT_FOUND" }] },
+      data: { streams: ["notifications", "chat"], rejected: [{ stream: "nope", code: "NOT_FOUND" }] },
     });
-    await done;
+    await assert.rejects(done, (error) => {
+      assert.deepEqual(error.rejected, [{ stream: "nope", code: "NOT_FOUND" }]);
+      return true;
+    });
+    assert.deepEqual(client.streams, ["notifications", "chat"]);
     ws.drop(1006);
     await clock.tick(500);
-    assert.equal(FakeWebSocket.last.url.searchParams.get("streams"), "notifications");
+    assert.equal(FakeWebSocket.last.url.searchParams.get("streams"), "notifications,chat");
   });
 
   test("backs off exponentially while failing and resets after a stable connection", async () => {

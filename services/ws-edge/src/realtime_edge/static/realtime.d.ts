@@ -100,6 +100,7 @@ export declare class RealtimeClient {
   connect(): this;
   /** Close for good: no reconnect afterwards. */
   close(): void;
+  /** Resolves with all streams held; rejects with `error.rejected` if the edge refused some. */
   subscribe(streams: string | string[]): Promise<string[]>;
   unsubscribe(streams: string | string[]): Promise<string[]>;
   /** "*" matches any stream or event. Returns a function that removes the listener. */

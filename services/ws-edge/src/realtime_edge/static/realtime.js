@@ -174,16 +174,26 @@ export class RealtimeClient {
     this.#setState(State.CLOSED, detail);
   }
 
-  /** Hold more streams. Resolves once the edge confirmed them (or rejected some). */
+  /**
+   * Hold more streams. Resolves with all streams held once the edge's bindings exist;
+   * rejects (error.rejected = [{stream, code}]) if the edge refused some, the others held.
+   */
   subscribe(streams) {
     const list = normalizeStreams(streams);
     for (const s of list) {
       this.#wanted.add(s);
       this.#rejected.delete(s);
     }
-    const promise = this.#waitFor(() => list.every((s) => this.#held.has(s) || this.#rejected.has(s)));
+    const settled = this.#waitFor(() => list.every((s) => this.#held.has(s) || this.#rejected.has(s)));
     if (this.#state === State.OPEN) this.#send({ action: "subscribe", streams: list });
-    return promise;
+    return settled.then((held) => {
+      const rejected = list
+        .filter((s) => this.#rejected.has(s))
+        .map((s) => ({ stream: s, code: this.#rejected.get(s) }));
+      if (!rejected.length) return held;
+      const names = rejected.map((r) => `${r.stream} (${r.code})`).join(", ");
+      throw Object.assign(new Error(`realtime: streams refused: ${names}`), { code: "REJECTED", rejected });
+    });
   }
 
   /** Stop holding streams. Resolves once the edge confirmed it. */
