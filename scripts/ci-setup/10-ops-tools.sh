@@ -2,9 +2,18 @@
 # The ops tests (tests/ops/) validate compose.yaml and the proxy config with real parsers,
 # since no Docker engine runs in CI: Debian's nginx (`nginx -t`, and real traffic through
 # it), Debian's docker-compose (`docker-compose config`) and promtool from Debian's
-# prometheus (alert rules, their unit tests, the dashboard's queries). hadolint comes from
-# PyPI with the dev group. Idempotent: does nothing when all three are there.
+# prometheus (alert rules, their unit tests, the dashboard's queries), and dclint from npm
+# (compose.yaml against today's compose-spec schema). hadolint comes from PyPI with the dev
+# group. Idempotent: does nothing when all are there.
 set -euo pipefail
+
+DCLINT_VERSION=3.1.0
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v dclint >/dev/null 2>&1; then
+    echo "10-ops-tools: installing dclint $DCLINT_VERSION from npm" >&2
+    as_root npm install --global --no-audit --no-fund --silent "dclint@$DCLINT_VERSION" >&2
+fi
 
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
@@ -13,8 +22,6 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
-
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 echo "10-ops-tools: installing Debian packages: ${missing[*]}" >&2
 as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
