@@ -51,6 +51,7 @@ class ScriptedEdge:
         self.urls: list[str] = []
         self.frames: list[dict[str, Any]] = []
         self.reject: int | None = None
+        self.unready = 0  # answer this many handshakes with 503 first
         self.connections: asyncio.Queue[ServerConnection] = asyncio.Queue()
         self.server: Server | None = None
 
@@ -63,6 +64,9 @@ class ScriptedEdge:
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         self.tokens.append(request.headers.get("Authorization", "").removeprefix("Bearer "))
         self.urls.append(request.path)
+        if self.unready > 0:
+            self.unready -= 1
+            return connection.respond(503, "not ready")
         if self.reject is not None:
             body = {"success": False, "error": {"code": "UNAUTHORIZED", "message": "bad token"}}
             return connection.respond(self.reject, orjson.dumps(body).decode())
@@ -172,6 +176,13 @@ async def test_a_refused_handshake_raises_instead_of_retrying(edge: ScriptedEdge
     assert (caught.value.status, caught.value.code) == (401, "UNAUTHORIZED")
     assert len(edge.tokens) == 1
     assert client.state == "closed"
+
+
+async def test_an_edge_that_is_not_ready_yet_is_retried(edge: ScriptedEdge) -> None:
+    edge.unready = 3
+    async with RealtimeClient(edge.url, tokens(), backoff=FAST) as client:
+        assert client.state == "open"
+    assert len(edge.urls) == 4
 
 
 async def test_a_terminal_close_ends_the_iteration_with_its_code(edge: ScriptedEdge) -> None:
