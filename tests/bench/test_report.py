@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import orjson
 import pytest
 
+from realtime_bench.__main__ import main
 from realtime_bench.profile import summarise
 from realtime_bench.report import goals_table, medians, percentile, tables
 
@@ -51,3 +55,18 @@ def test_profile_summary_counts_self_and_inclusive_samples() -> None:
     assert "4 samples" in text
     assert "  75.0  send (b.py)" in text
     assert " 100.0  main (a.py)" in text
+
+
+def test_report_reprints_the_tables_of_a_past_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = tmp_path / "results.jsonl"
+    lines = [
+        {"scenario": "machine", "date": "2026-11-25", "cpu": "AMD EPYC", "cores": 2},
+        {"scenario": "hold", "target": "ws-edge", "rep": 0, "held": 10000, "lost": 0},
+    ]
+    raw.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n")
+    assert main(["--report", str(raw)]) == 0
+    out = capsys.readouterr().out
+    assert "## realtime benchmark 2026-11-25 (AMD EPYC, 2 cores)" in out
+    assert "| 5. 10,000 connections held by one edge | 10,000 | 10,000 | yes |" in out

@@ -99,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.drain_seconds,
         help="stop waiting for messages after this long without one",
     )
-    p.add_argument("--profile", action="store_true", help="py-spy the edge during fan-out")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the edge and the REST API in their first repetition",
+    )
     p.add_argument(
         "--edge-env",
         action="append",
@@ -111,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-minutes", type=float, default=DEFAULT_MAX_MINUTES, help="hard bound on the whole run"
     )
     p.add_argument("--out", type=Path, default=None, help="raw JSON lines (default: in --work-dir)")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="JSONL",
+        help="only print the tables and goals of a past run's raw results",
+    )
     p.add_argument(
         "--work-dir",
         type=Path,
@@ -191,19 +202,34 @@ async def run(args: argparse.Namespace) -> int:
             progress("stopping every process started")
             await supervisor.stop_all()
 
-    summary = medians(results)
-    print(f"## realtime benchmark {box['date']} ({box['cpu']}, {box['cores']} cores)\n")
-    print(tables(summary, opts.reps))
-    print("### goals\n")
-    print(goals_table(summary))
+    print_report(box, results, opts.reps)
     for profile in runner.profiles:
         print(f"\n### profile {profile}")
     print(f"\nraw JSON lines: {out_path}")
     return status
 
 
+def print_report(box: dict[str, Any], results: list[Result], reps: int) -> None:
+    summary = medians(results)
+    print(f"## realtime benchmark {box['date']} ({box['cpu']}, {box['cores']} cores)\n")
+    print(tables(summary, reps))
+    print("### goals\n")
+    print(goals_table(summary))
+
+
+def report_only(path: Path) -> int:
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    box: dict[str, Any] = next((r for r in lines if r.get("scenario") == "machine"), {})
+    results = [r for r in lines if "target" in r]
+    reps = 1 + max((int(r.get("rep", 0)) for r in results), default=0)
+    print_report({"date": "?", "cpu": "?", "cores": "?", **box}, results, reps)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.report is not None:
+        return report_only(args.report)
     raise_fd_limit()
 
     async def guarded() -> int:

@@ -32,6 +32,7 @@ from realtime_bench.targets import TARGETS, Context, Server, Target, free_port, 
 SETTLE_SECONDS = 0.5
 """Idle pause before reading RSS after connecting, so allocations of the handshakes land."""
 POLL_SECONDS = 0.05
+WARM_UP_ATTEMPTS = 3
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Options:
     drain_seconds: float = 3.0
     connect_timeout: float = 30.0
     profile: bool = False
+    """py-spy the edge (fan-out, broadcast, connect) and the notifications service (rest)."""
     postgres_url: str | None = None
     edge_env: dict[str, str] = field(default_factory=dict)
 
@@ -206,6 +208,21 @@ class Runner:
                 return
             await asyncio.sleep(POLL_SECONDS)  # polling other processes, with a deadline
 
+    async def warm_up(self, n: int) -> None:
+        """One broadcast that every client must see before anything is measured.
+
+        python-socketio binds its queue in the background after the first connect,
+        with no signal to wait for; this makes sure the whole path is live.
+        """
+        assert self.publisher is not None
+        for _ in range(WARM_UP_ATTEMPTS):
+            await asyncio.gather(*(c.call("reset") for c in self.clients))
+            await self.publisher.call("broadcast", count=1, rate=0)
+            await self.drain(n)
+            if sum(r["received"] for r in await self.collect()) >= n:
+                return
+        self.progress("  warning: the warm-up broadcast did not reach every client")
+
     async def collect(self) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(c.call("collect") for c in self.clients)))
 
@@ -252,6 +269,7 @@ class Runner:
             conn = await self.connect(server, users)
             if "connect" in opts.scenarios:
                 self.emit("connect", target.name, rep, None, **conn)
+            await self.warm_up(conn["subscribed"])
             await asyncio.sleep(SETTLE_SECONDS)
             idle = {
                 "kb_per_conn": (server.monitor.rss() - rss0) / 1024 / max(1, conn["subscribed"]),
@@ -441,6 +459,11 @@ class Runner:
                 publisher = self.publisher
                 assert publisher is not None
                 api_cpu0 = api.monitor.cpu_seconds()
+                profiler = None
+                if opts.profile and rep == 0:
+                    out = self.supervisor.log_dir / f"notifications-{db}.txt"
+                    profiler = Profiler(process.pid, out)
+                    await profiler.start(opts.rest_duration + 5)
                 pub, replies, costs = await self.measured(
                     edge,
                     count,
@@ -454,6 +477,8 @@ class Runner:
                         rate=opts.rest_rate,
                     ),
                 )
+                if profiler is not None:
+                    self.profiles.append(await profiler.finish())
                 delivered = sum(r["received"] for r in replies)
                 self.emit(
                     "rest",
