@@ -63,20 +63,28 @@ def line_has_body(line: str) -> bool:
     return line.strip().startswith("-d ")
 
 
+async def start_dev(
+    env: dict[str, str], data_dir: Path, *, merge_stderr: bool = False
+) -> asyncio.subprocess.Process:
+    """`scripts/dev.py` as `make dev` runs it (from the repository root)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "scripts/dev.py",
+        "--data-dir",
+        str(data_dir),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+    )
+
+
 async def test_the_printed_curl_makes_a_notification_arrive_and_ctrl_c_stops_all(
     amqp_url: str, exchange: str, tmp_path: Path, make_token: Any
 ) -> None:
     edge_port, api_port = free_port(), free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "scripts/dev.py",
-        "--data-dir",
-        str(tmp_path),
-        cwd=ROOT,
-        env=dev_env(amqp_url, exchange, edge_port, api_port),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    env = dev_env(amqp_url, exchange, edge_port, api_port)
+    proc = await start_dev(env, tmp_path, merge_stderr=True)
     assert proc.stdout is not None
     try:
         lines = await read_until(proc.stdout, READY_BANNER, within=60)
@@ -114,16 +122,7 @@ async def test_a_taken_port_is_named_with_a_way_out(
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "scripts/dev.py",
-            "--data-dir",
-            str(tmp_path),
-            cwd=ROOT,
-            env=dev_env(amqp_url, exchange, taken, free_port()),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await start_dev(dev_env(amqp_url, exchange, taken, free_port()), tmp_path)
         async with asyncio.timeout(30):
             _, err = await proc.communicate()
     assert proc.returncode == 1
@@ -133,16 +132,7 @@ async def test_a_taken_port_is_named_with_a_way_out(
 
 async def test_a_missing_rabbitmq_is_said_at_once_with_how_to_get_one(tmp_path: Path) -> None:
     env = dev_env("amqp://guest:secret@127.0.0.1:1/", "unused", free_port(), free_port())
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "scripts/dev.py",
-        "--data-dir",
-        str(tmp_path),
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_dev(env, tmp_path)
     async with asyncio.timeout(30):
         _, err = await proc.communicate()
     message = err.decode()
