@@ -55,6 +55,7 @@ class Stack:
     proxy_files: ProxyFiles
     edges: list[int]
     replicas: list[int]
+    processes: dict[int, subprocess.Popen[bytes]]
 
     @property
     def http(self) -> str:
@@ -81,12 +82,14 @@ class Stack:
 
 
 @contextmanager
-def service(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[None]:
+def service(
+    argv: list[str], env: dict[str, str], cwd: Path, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """A console script as compose would run it; SIGTERM at the end, as `docker stop` does."""
     with log.open("wb") as out:
         process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
         try:
-            yield
+            yield process
         finally:
             stop(process)
 
@@ -182,6 +185,7 @@ def stack(
 
     edges, replicas = [free_port(), free_port()], [free_port(), free_port()]
     logs = [migrate_log]
+    processes: dict[int, subprocess.Popen[bytes]] = {}
     with ExitStack() as stack:
         for name, ports, script, script_env in (
             ("edge", edges, "ws-edge", edge_env),
@@ -191,7 +195,7 @@ def stack(
                 log = tmp_path / f"{name}-{i + 1}.log"
                 logs.append(log)
                 argv = [str(BIN / script), "--host", "127.0.0.1", "--port", str(port)]
-                stack.enter_context(service(argv, script_env, tmp_path, log))
+                processes[port] = stack.enter_context(service(argv, script_env, tmp_path, log))
         for port, log in zip([*edges, *replicas], logs[1:], strict=True):
             wait_ready(port, log)
 
@@ -212,7 +216,7 @@ def stack(
         text = replace_once(text, "http {\n", "http {\n" + groups)
         files.conf.write_text(text)
         stack.enter_context(running_nginx(nginx, files, proxy_port))
-        yield Stack(proxy_port, secret, logs, files, edges, replicas)
+        yield Stack(proxy_port, secret, logs, files, edges, replicas, processes)
 
 
 async def frames(ws: ClientConnection, count: int) -> list[dict[str, object]]:
@@ -314,3 +318,35 @@ async def test_the_page_is_served_and_logs_are_json_without_tokens(stack: Stack)
         assert token not in line
     proxy_log = stack.proxy_files.access_log.read_text()
     assert token not in proxy_log
+
+
+async def test_stopping_an_edge_moves_its_clients_to_the_other(stack: Stack) -> None:
+    """The rolling restart of docs/operations.md. Stops an edge: keep this test last."""
+    token = stack.token("erin")
+    admin = stack.token("ops", "realtime.admin")
+    origin = Origin(stack.http)
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def holder() -> int:
+            for port in (p for p in stack.edges if stack.processes[p].poll() is None):
+                summary = await client.get(
+                    f"http://127.0.0.1:{port}/admin/connections",
+                    headers={"Authorization": f"Bearer {admin}"},
+                )
+                if summary.json()["users"]:
+                    return port
+            raise AssertionError("no edge holds the connection")
+
+        async with connect(stack.ws("/ws", token), origin=origin) as ws:
+            await frames(ws, 1)
+            first = await holder()
+            stack.processes[first].terminate()  # what `docker stop` sends
+            async with asyncio.timeout(10):
+                await ws.wait_closed()
+            assert ws.close_code == 1001  # "going away", through the proxy unchanged
+        await asyncio.to_thread(stack.processes[first].wait, 15)
+
+        # The proxy skips the stopped edge: the client's reconnect lands on the other one.
+        async with connect(stack.ws("/ws", token), origin=origin) as ws:
+            assert (await frames(ws, 1))[0]["event"] == "connected"
+            assert await holder() != first
