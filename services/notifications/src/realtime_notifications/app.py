@@ -38,7 +38,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = db.create_engine(settings.database_url)
+        engine = db.create_engine(settings.database_url, settings.database_pool_size)
         try:
             await db.migrate(engine)
             relay = OutboxRelay(

@@ -26,12 +26,17 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+    # No overflow: connections beyond the pool would be opened and closed per request
+    # under load (a thread per SQLite connection, a TCP+auth handshake per PostgreSQL
+    # one); waiting briefly for a pooled connection is cheaper.
+    pool = {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": 10}
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        timeout = SQLITE_BUSY_TIMEOUT_MS / 1000
+        engine = create_async_engine(url, connect_args={"timeout": timeout}, **pool)
         _tune_sqlite(engine)
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    return create_async_engine(url, **pool)
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:

@@ -82,12 +82,11 @@ async def _lock_users(conn: AsyncConnection, limit: int) -> list[str]:
         .order_by(first)
         .limit(limit)
     )
-    locked: list[str] = []
-    for user_id, _ in (await conn.execute(candidates)).all():
-        lock = sa.func.pg_try_advisory_lock(USER_LOCK_NAMESPACE, sa.func.hashtext(user_id))
-        if (await conn.execute(sa.select(lock))).scalar_one():
-            locked.append(user_id)
-    return locked
+    # One round trip: the LIMITed subquery is evaluated first (PostgreSQL does not flatten
+    # it), so only these candidates are tried, each once; a user held elsewhere is skipped.
+    chosen = candidates.subquery()
+    lock = sa.func.pg_try_advisory_lock(USER_LOCK_NAMESPACE, sa.func.hashtext(chosen.c.user_id))
+    return list((await conn.execute(sa.select(chosen.c.user_id).where(lock))).scalars())
 
 
 async def release(conn: AsyncConnection) -> None:

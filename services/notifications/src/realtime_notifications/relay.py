@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import defaultdict
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -132,9 +133,7 @@ class OutboxRelay:
                 await conn.commit()  # publish outside any open transaction
                 sent: list[int] = []
                 try:
-                    for event in events:
-                        await self._publisher.publish(event)
-                        sent.append(event.id)
+                    await self._publish_per_user(events, sent)
                 finally:
                     if sent:
                         await outbox.mark_sent(conn, sent)
@@ -148,6 +147,25 @@ class OutboxRelay:
                     # Closing the session is what releases its advisory locks, then.
                     await conn.invalidate()
         return len(sent)
+
+    async def _publish_per_user(self, events: list[outbox.PendingEvent], sent: list[int]) -> None:
+        """Users in parallel, each user's events one at a time in order; confirmed ids go
+        into `sent` as they come, so a failure leaves a prefix per user to mark."""
+        by_user: dict[str, list[outbox.PendingEvent]] = defaultdict(list)
+        for event in events:
+            by_user[event.user_id].append(event)
+
+        async def publish_in_order(queue: list[outbox.PendingEvent]) -> None:
+            for event in queue:
+                await self._publisher.publish(event)
+                sent.append(event.id)
+
+        results = await asyncio.gather(
+            *(publish_in_order(queue) for queue in by_user.values()), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _maybe_prune(self) -> None:
         now = time.monotonic()

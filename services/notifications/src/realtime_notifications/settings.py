@@ -36,6 +36,9 @@ class NotificationsSettings(RealtimeSettings):
     publish_timeout: float = Field(
         default=5.0, gt=0, description="seconds to wait for a publisher confirm"
     )
+    database_pool_size: int = Field(
+        default=10, ge=1, le=100, description="database connections kept open per process"
+    )
     max_body_bytes: int = Field(
         default=65_536, ge=1024, description="larger request bodies are refused with 413"
     )
