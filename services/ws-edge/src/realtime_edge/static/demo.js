@@ -414,8 +414,15 @@ async function start() {
   if (fragment.get("token")) {
     // Outside dev mode: a token handed over in the fragment, which is never sent to a server.
     state.staticToken = fragment.get("token");
-    const sub = JSON.parse(atob(state.staticToken.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).sub;
-    return connect(sub);
+    let sub;
+    try {
+      const part = state.staticToken.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      sub = JSON.parse(atob(part.padEnd(Math.ceil(part.length / 4) * 4, "="))).sub;
+    } catch {
+      showState("closed");
+      return notice("The token in the address is not a JWT.");
+    }
+    return connect(String(sub));
   }
   const user = params.get("user") || "alice";
   try {
