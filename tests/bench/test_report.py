@@ -9,7 +9,7 @@ import pytest
 
 from realtime_bench.__main__ import main
 from realtime_bench.profile import summarise
-from realtime_bench.report import goals_table, medians, percentile, tables
+from realtime_bench.report import goals_table, medians, percentile, repetitions, tables
 
 pytestmark = pytest.mark.unit
 
@@ -32,7 +32,7 @@ def test_table_shows_the_median_of_repetitions_and_the_ratio_to_the_floor() -> N
     ]
     summary = medians(results)
     assert summary["fanout 1000/s"]["floor"]["p99_ms"] == 6.0
-    text = tables(summary, reps=3)
+    text = tables(summary, repetitions(results))
     assert "| p99_ms | 6.00 | 9.00 (1.50x) |" in text
 
 

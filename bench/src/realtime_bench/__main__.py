@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import psutil
 
-from realtime_bench.report import Result, goals_table, medians, tables
+from realtime_bench.report import Result, goals_table, medians, repetitions, tables
 from realtime_bench.runner import Options, Runner
 from realtime_bench.runtime import raise_fd_limit
 from realtime_bench.supervisor import Supervisor
@@ -202,17 +202,17 @@ async def run(args: argparse.Namespace) -> int:
             progress("stopping every process started")
             await supervisor.stop_all()
 
-    print_report(box, results, opts.reps)
+    print_report(box, results)
     for profile in runner.profiles:
         print(f"\n### profile {profile}")
     print(f"\nraw JSON lines: {out_path}")
     return status
 
 
-def print_report(box: dict[str, Any], results: list[Result], reps: int) -> None:
+def print_report(box: dict[str, Any], results: list[Result]) -> None:
     summary = medians(results)
     print(f"## realtime benchmark {box['date']} ({box['cpu']}, {box['cores']} cores)\n")
-    print(tables(summary, reps))
+    print(tables(summary, repetitions(results)))
     print("### goals\n")
     print(goals_table(summary))
 
@@ -221,8 +221,7 @@ def report_only(path: Path) -> int:
     lines = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
     box: dict[str, Any] = next((r for r in lines if r.get("scenario") == "machine"), {})
     results = [r for r in lines if "target" in r]
-    reps = 1 + max((int(r.get("rep", 0)) for r in results), default=0)
-    print_report({"date": "?", "cpu": "?", "cores": "?", **box}, results, reps)
+    print_report({"date": "?", "cpu": "?", "cores": "?", **box}, results)
     return 0
 
 

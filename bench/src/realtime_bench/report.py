@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,14 @@ def medians(results: Iterable[Result]) -> dict[str, dict[str, dict[str, float]]]
     }
 
 
+def repetitions(results: Iterable[Result]) -> dict[str, int]:
+    """How many repetitions each scenario ran (hold runs once, the others `--reps` times)."""
+    seen: dict[str, set[int]] = defaultdict(set)
+    for result in results:
+        seen[scenario_name(result)].add(int(result.get("rep", 0)))
+    return {scenario: len(reps) for scenario, reps in seen.items()}
+
+
 def _fmt(value: float) -> str:
     if value == 0:
         return "0"
@@ -69,7 +77,7 @@ def _fmt(value: float) -> str:
     return f"{value:.2f}"
 
 
-def tables(summary: dict[str, dict[str, dict[str, float]]], reps: int) -> str:
+def tables(summary: dict[str, dict[str, dict[str, float]]], reps: Mapping[str, int]) -> str:
     """One Markdown table per scenario: each target's median and its ratio to the floor."""
     out: list[str] = []
     for scenario, by_target in summary.items():
@@ -77,7 +85,7 @@ def tables(summary: dict[str, dict[str, dict[str, float]]], reps: int) -> str:
         metrics: list[str] = []
         for target in targets:
             metrics += [m for m in by_target[target] if m not in metrics]
-        out.append(f"### {scenario} (median of {reps})\n")
+        out.append(f"### {scenario} (median of {reps.get(scenario, 1)})\n")
         out.append("| metric | " + " | ".join(targets) + " |")
         out.append("|---|" + "---|" * len(targets))
         for metric in metrics:
