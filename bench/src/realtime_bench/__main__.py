@@ -23,6 +23,7 @@ import orjson
 import psutil
 
 from realtime_bench.report import Result, goals_table, medians, repetitions, tables
+from realtime_bench.rpc import WorkerError
 from realtime_bench.runner import Options, Runner
 from realtime_bench.runtime import raise_fd_limit
 from realtime_bench.supervisor import Supervisor
@@ -197,6 +198,9 @@ async def run(args: argparse.Namespace) -> int:
                 await runner.run()
         except TimeoutError:
             progress(f"stopped: the run exceeded --max-minutes {args.max_minutes}")
+            status = 1
+        except (WorkerError, RuntimeError, OSError) as exc:
+            progress(f"failed: {exc} (process logs in {work})")
             status = 1
         finally:
             progress("stopping every process started")
