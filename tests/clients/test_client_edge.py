@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,13 @@ from typing import Any
 import pytest
 from support.clients import ServiceProcess
 
-from realtime_shared.client import Backoff, ConnectionRejected, RealtimeClient, RequestFailed
+from realtime_shared.client import (
+    Backoff,
+    ConnectionRejected,
+    RealtimeClient,
+    RequestFailed,
+    token_expiry,
+)
 from realtime_shared.envelope import Envelope
 from realtime_shared.publisher import Publisher
 
@@ -108,3 +115,24 @@ async def test_the_client_survives_an_edge_restart(
 
         await publisher.publish_to_user("notifications", "eve", "after.restart", {})
         assert (await receive(c)).event == "after.restart"
+
+
+async def test_a_refresh_before_exp_keeps_the_same_connection_alive(
+    edge: ServiceProcess, publisher: Publisher, make_token: Any
+) -> None:
+    issued: list[str] = []
+
+    def provider() -> str:
+        issued.append(make_token("fay", ttl=2 if not issued else 3600))
+        return issued[-1]
+
+    async with RealtimeClient(edge.ws_url, provider, backoff=FAST) as client:
+        first_exp = token_expiry(issued[0])
+        assert first_exp is not None
+        # Without the refresh the edge would close with 4001 at exp and the client would
+        # yield a resync after reconnecting; nothing at all must arrive until past exp.
+        with pytest.raises(TimeoutError):
+            await receive(client, within=first_exp + 1.5 - time.time())
+        await publisher.publish_to_user("notifications", "fay", "still.here", {})
+        assert (await receive(client)).event == "still.here"
+        assert client.connects == 1 and len(issued) == 2
