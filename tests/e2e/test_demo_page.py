@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
-from support.clients import ServiceProcess, chromium_launch_options, require_chromium
+from playwright.async_api import Browser, Page, expect
+from support.clients import ServiceProcess, chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -25,13 +25,8 @@ RECONNECT_TIMEOUT = 20_000  # ms: the page may be in a backoff wait of up to 8 s
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    require_chromium()
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(**chromium_launch_options())
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with chromium() as instance:
+        yield instance
 
 
 @pytest.fixture

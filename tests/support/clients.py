@@ -7,16 +7,19 @@ it was loaded from, so the edge comes back on the same port (support.edge picks 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from support.notifications import free_port
 
@@ -118,3 +121,15 @@ def require_chromium() -> None:
 def chromium_launch_options() -> dict[str, Any]:
     """Debian's Chromium, never a browser Playwright would download."""
     return {"executable_path": CHROMIUM, "args": CHROMIUM_ARGS, "headless": True}
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    """Headless Chromium for one test (skipped without it, failed under CI=true)."""
+    require_chromium()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(**chromium_launch_options())
+        try:
+            yield browser
+        finally:
+            await browser.close()
