@@ -336,4 +336,5 @@ async def test_an_edge_started_before_rabbitmq_is_reachable_becomes_ready_when_i
             await until(ready, within=20)
             ws = await connect(edge, make_token("alice"))
             await ws.close()
+            assert await edge.metric("edge_broker_reconnects_total") == 0  # a first connect
         assert "not reachable yet" in edge.log_text()

@@ -231,10 +231,10 @@ class BrokerLink:
                 log.warning("RabbitMQ link down: %s", exc or type(exc).__name__)
             if self._consuming.is_set():
                 attempt = 0
+                resumed = True  # consumed before: open connections may have missed messages
             self._consuming.clear()
             self._metrics.broker_up.set(0)
             self.bindings.lost()
-            resumed = True
             await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
             attempt += 1
 
@@ -279,8 +279,9 @@ class BrokerLink:
         finally:
             if worker is not None:
                 worker.cancel()
-                with contextlib.suppress(BaseException):
-                    await worker
+                await asyncio.wait([worker])
+                if not worker.cancelled():
+                    worker.exception()  # already reported as the reason the link went down
             self._connection = None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), timeout=2)

@@ -8,7 +8,6 @@ the denial response (401/403/404 before any upgrade) is the ASGI
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -116,7 +115,11 @@ class WebSocketEndpoint:
             settings.edge_close_timeout,
         )
         pending = node.hold(conn.user_id, session.streams)  # binding overlaps the upgrade
-        await send({"type": "websocket.accept"})
+        try:
+            await send({"type": "websocket.accept"})
+        except BaseException:
+            node.release(conn.user_id, session.streams)
+            raise
         node.opened(conn)
         writer = asyncio.create_task(conn.write())
         code: int = CloseCode.INTERNAL_ERROR
@@ -133,8 +136,9 @@ class WebSocketEndpoint:
             conn.dispose()
             node.closed(conn, code)
             writer.cancel()
-            with contextlib.suppress(BaseException):
-                await writer
+            await asyncio.wait([writer])
+            if not writer.cancelled():
+                writer.exception()  # a send to a vanished client failed: nothing to report
 
     async def _read(self, conn: Connection, receive: Receive) -> int:
         """Handle client frames until the socket closes; returns the close code seen."""
