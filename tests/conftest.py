@@ -32,9 +32,15 @@ def _docker_answers() -> bool:
     try:
         import docker  # type: ignore[import-untyped]
 
-        docker.from_env(timeout=2).ping()
+        client = docker.from_env(timeout=2)
     except Exception:
         return False
+    try:
+        client.ping()
+    except Exception:
+        return False
+    finally:
+        client.close()  # an unclosed socket is a ResourceWarning, an error under -W error
     return True
 
 
