@@ -60,7 +60,7 @@ async def caller(
     return verify(request)
 
 
-def service(request: Request) -> NotificationService:
+async def service(request: Request) -> NotificationService:
     svc: NotificationService = request.app.state.service
     return svc
 

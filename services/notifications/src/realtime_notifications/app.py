@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -52,7 +53,7 @@ def create_app(
             )
             app.state.engine = engine
             app.state.publisher = events
-            app.state.service = NotificationService(lambda: UnitOfWork(engine, relay.wake))
+            app.state.service = NotificationService(partial(UnitOfWork, engine, relay.wake))
             relay.start()
             try:
                 yield
@@ -94,6 +95,7 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         try:
             async with request.app.state.engine.connect() as conn:
+                await conn.execution_options(**db.READ_ONLY)
                 metrics.observe_backlog(await outbox.backlog(conn))
         except Exception:
             log.warning("metrics: cannot read the outbox backlog", exc_info=True)

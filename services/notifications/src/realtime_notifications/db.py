@@ -19,6 +19,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+READ_ONLY_OPTION = "realtime_read_only"
+"""Execution option for connections that only read: on SQLite they begin DEFERRED, so
+they neither wait for nor block the writer (WAL); elsewhere it changes nothing."""
+READ_ONLY = {READ_ONLY_OPTION: True}
+WRITABLE = {READ_ONLY_OPTION: False}
 MIGRATION_LOCK_ID = 0x6E6F7469  # "noti": replicas starting together migrate one at a time
 
 
@@ -52,7 +58,8 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def alembic_config() -> Config:
@@ -78,4 +85,5 @@ def _upgrade(connection: Connection) -> None:
 
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
+        await conn.execution_options(**READ_ONLY)
         await conn.execute(sa.text("SELECT 1"))

@@ -9,7 +9,7 @@ from http import HTTPStatus
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -88,6 +88,12 @@ def install(app: FastAPI, check_token: Callable[[Request], object]) -> None:
             return error_response(422, f"request body is not valid JSON: {exc.detail}")
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
+    async def on_database_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DBAPIError)
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return await on_database_down(request, exc)
+        return await on_unexpected(request, exc)
+
     async def on_database_down(request: Request, exc: Exception) -> Response:
         # Nothing was committed; the client may retry (with its Idempotency-Key, for create).
         log.warning("database unavailable on %s %s: %r", request.method, request.url.path, exc)
@@ -102,6 +108,7 @@ def install(app: FastAPI, check_token: Callable[[Request], object]) -> None:
     app.add_exception_handler(NotificationNotFound, on_not_found)
     app.add_exception_handler(RequestValidationError, on_invalid)
     app.add_exception_handler(HTTPException, on_http)
-    for unavailable in (OperationalError, InterfaceError, OSError, TimeoutError):
+    app.add_exception_handler(DBAPIError, on_database_error)
+    for unavailable in (OSError, TimeoutError):
         app.add_exception_handler(unavailable, on_database_down)
     app.add_exception_handler(Exception, on_unexpected)

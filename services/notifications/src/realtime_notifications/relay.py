@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 
 from realtime_notifications import outbox
 from realtime_notifications.broker import EventPublisher
+from realtime_notifications.db import READ_ONLY, WRITABLE
 from realtime_notifications.domain import utcnow
 from realtime_notifications.metrics import Metrics
 from realtime_notifications.repository import IdempotencyRepository
@@ -129,8 +130,10 @@ class OutboxRelay:
     async def _publish_batch(self) -> int:
         async with self._engine.connect() as conn:
             try:
+                await conn.execution_options(**READ_ONLY)
                 events = await outbox.claim(conn, self._batch_size)
                 await conn.commit()  # publish outside any open transaction
+                await conn.execution_options(**WRITABLE)
                 sent: list[int] = []
                 try:
                     await self._publish_per_user(events, sent)

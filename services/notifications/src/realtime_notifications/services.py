@@ -33,7 +33,8 @@ class NewNotification:
 
 
 class NotificationService:
-    def __init__(self, uow: Callable[[], UnitOfWork]) -> None:
+    def __init__(self, uow: Callable[..., UnitOfWork]) -> None:
+        """`uow(read_only=True)` must give a unit of work for queries only."""
         self._uow = uow
 
     async def create(
@@ -45,7 +46,7 @@ class NotificationService:
                 f"creating notifications needs {PERMISSION_MANAGE_NOTIFICATIONS}"
             )
         if idempotency_key is not None:
-            async with self._uow() as uow:
+            async with self._uow(read_only=True) as uow:
                 first = await uow.idempotency.get(caller.sub, idempotency_key)
             if first is not None:
                 return _loads(first)
@@ -63,7 +64,7 @@ class NotificationService:
             if idempotency_key is None:
                 raise
             # A concurrent retry with the same key committed first: answer with its result.
-            async with self._uow() as uow:
+            async with self._uow(read_only=True) as uow:
                 first = await uow.idempotency.get(caller.sub, idempotency_key)
             if first is None:
                 raise
@@ -71,7 +72,7 @@ class NotificationService:
         return body
 
     async def get(self, caller: Claims, notification_id: str) -> Notification:
-        async with self._uow() as uow:
+        async with self._uow(read_only=True) as uow:
             n = await uow.notifications.get(caller.sub, notification_id)
         if n is None:
             raise NotificationNotFound(notification_id)
@@ -80,13 +81,13 @@ class NotificationService:
     async def list(
         self, caller: Claims, *, limit: int, offset: int, unread_only: bool
     ) -> list[Notification]:
-        async with self._uow() as uow:
+        async with self._uow(read_only=True) as uow:
             return await uow.notifications.list(
                 caller.sub, limit=limit, offset=offset, unread_only=unread_only
             )
 
     async def unread_count(self, caller: Claims) -> int:
-        async with self._uow() as uow:
+        async with self._uow(read_only=True) as uow:
             return await uow.notifications.unread_count(caller.sub)
 
     async def mark_read(self, caller: Claims, notification_id: str) -> Notification:

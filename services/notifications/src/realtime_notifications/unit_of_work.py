@@ -8,6 +8,7 @@ from types import TracebackType
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from realtime_notifications import outbox
+from realtime_notifications.db import READ_ONLY
 from realtime_notifications.domain import Event
 from realtime_notifications.repository import IdempotencyRepository, NotificationRepository
 
@@ -18,14 +19,23 @@ class UnitOfWork:
     notifications: NotificationRepository
     idempotency: IdempotencyRepository
 
-    def __init__(self, engine: AsyncEngine, on_events_committed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        on_events_committed: Callable[[], None],
+        *,
+        read_only: bool = False,
+    ) -> None:
         self._engine = engine
         self._on_events_committed = on_events_committed
+        self._read_only = read_only
         self._conn: AsyncConnection | None = None
         self._events = 0
 
     async def __aenter__(self) -> UnitOfWork:
         self._conn = await self._engine.connect()
+        if self._read_only:
+            await self._conn.execution_options(**READ_ONLY)
         await self._conn.begin()
         self.notifications = NotificationRepository(self._conn)
         self.idempotency = IdempotencyRepository(self._conn)
@@ -47,7 +57,7 @@ class UnitOfWork:
 
     async def publish(self, event: Event) -> None:
         """Queue `event` in the outbox; it leaves only if this transaction commits."""
-        assert self._conn is not None
+        assert self._conn is not None and not self._read_only
         await outbox.add(self._conn, event)
         self._events += 1
 
