@@ -303,7 +303,9 @@ async def test_the_page_is_served_and_logs_are_json_without_tokens(stack: Stack)
         health = await client.get("/healthz")
         refused = await client.get(f"/api/notifications?access_token={token}")
         async with connect(stack.ws("/ws", token), origin=Origin(stack.http)) as ws:
-            await frames(ws, 1)
+            connection_id = (await frames(ws, 1))[0]["data"]["connection_id"]  # type: ignore[index]
+            await ws.send(json.dumps({"action": "no-such-action"}))
+            assert (await frames(ws, 1))[0]["event"] == "error"
 
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
@@ -316,6 +318,9 @@ async def test_the_page_is_served_and_logs_are_json_without_tokens(stack: Stack)
     for line in service_lines:
         assert isinstance(json.loads(line), dict), line
         assert token not in line
+    # A line about one connection names it as the client knows it, as a key of its own.
+    about_it = [json.loads(line) for line in service_lines if connection_id in line]
+    assert any(entry.get("connection_id") == connection_id for entry in about_it), about_it
     proxy_log = stack.proxy_files.access_log.read_text()
     assert token not in proxy_log
 
