@@ -4,10 +4,9 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import aio_pika
-import orjson
 import pytest
 import websockets
-from support.edge import EdgeProcess, recv_event, recv_frame, running_edge
+from support.edge import EdgeProcess, connected, publish, recv_event, recv_frame, running_edge
 
 from realtime_shared.routing import stream_key, user_key
 
@@ -23,12 +22,7 @@ class Publisher:
     async def send(
         self, key: str, event: str, data: dict[str, object] | None = None, stream: str | None = None
     ) -> None:
-        body: dict[str, object] = {"stream": stream or key.partition(".")[0], "event": event}
-        if data is not None:
-            body["data"] = data
-        await self.exchange.publish(
-            aio_pika.Message(orjson.dumps(body), content_type="application/json"), routing_key=key
-        )
+        await publish(self.exchange, key, event, data, stream=stream)
 
 
 @pytest.fixture
@@ -46,9 +40,7 @@ async def edge(amqp_url: str, exchange: str) -> AsyncIterator[EdgeProcess]:
 
 
 async def connect(edge: EdgeProcess, token: str, **params: str) -> websockets.ClientConnection:
-    ws = await websockets.connect(edge.ws_url(token=token, **params))
-    assert (await recv_frame(ws))["event"] == "connected"
-    return ws
+    return await connected(edge.ws_url(token=token, **params))
 
 
 async def test_connected_comes_first_and_later_messages_arrive(

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 import websockets
-from support.edge import EdgeProcess, TcpProxy, recv_frame, running_edge
+from support.edge import EdgeProcess, TcpProxy, connected, publish, recv_frame, running_edge
 
 from realtime_shared.routing import user_key
 
@@ -34,17 +34,8 @@ async def exchange_handle(
         yield await channel.get_exchange(exchange)
 
 
-async def publish(
-    exchange: aio_pika.abc.AbstractExchange, key: str, event: str, **data: object
-) -> None:
-    body = orjson.dumps({"stream": key.partition(".")[0], "event": event, "data": data})
-    await exchange.publish(aio_pika.Message(body), routing_key=key)
-
-
-async def connect(edge: EdgeProcess, token: str, **kwargs: object) -> websockets.ClientConnection:
-    ws = await websockets.connect(edge.ws_url(token=token), **kwargs)  # type: ignore[arg-type]
-    assert (await recv_frame(ws))["event"] == "connected"
-    return ws
+async def connect(edge: EdgeProcess, token: str, **options: object) -> websockets.ClientConnection:
+    return await connected(edge.ws_url(token=token), **options)
 
 
 async def until(predicate: Callable[[], object], within: float = 10.0) -> None:
@@ -70,10 +61,16 @@ async def test_a_stalled_client_is_dropped_with_1013_while_others_get_everything
         async def produce() -> None:
             for n in range(total):
                 await publish(
-                    exchange_handle, user_key("notifications", "stalled"), "bulk", n=n, pad=pad
+                    exchange_handle,
+                    user_key("notifications", "stalled"),
+                    "bulk",
+                    {"n": n, "pad": pad},
                 )
                 await publish(
-                    exchange_handle, user_key("notifications", "healthy"), "bulk", n=n, pad=pad
+                    exchange_handle,
+                    user_key("notifications", "healthy"),
+                    "bulk",
+                    {"n": n, "pad": pad},
                 )
 
         async def consume() -> list[object]:
@@ -110,8 +107,7 @@ async def test_a_client_that_never_reads_again_loses_its_socket_after_the_close_
                     exchange_handle,
                     user_key("notifications", "stalled"),
                     "bulk",
-                    n=n,
-                    pad="x" * 60_000,
+                    {"n": n, "pad": "x" * 60_000},
                 )
             closed = 'code="1013"'
             await until(lambda: _positive(edge.metric("edge_connections_closed_total", closed)))

@@ -24,9 +24,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
+import aio_pika
 import httpx
+import orjson
+import websockets
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -139,8 +143,6 @@ async def edge_process(amqp_url: str, exchange: str, **env: str) -> AsyncIterato
 
 async def recv_frame(ws: object, within: float = 5.0) -> dict[str, object]:
     """The next JSON frame from a `websockets` client connection, or TimeoutError."""
-    import orjson
-
     raw = await asyncio.wait_for(ws.recv(), within)  # type: ignore[attr-defined]
     frame = orjson.loads(raw)
     assert isinstance(frame, dict), raw
@@ -211,3 +213,27 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.difference_update((writer, up_writer))
+
+
+async def connected(url: str, **options: Any) -> websockets.ClientConnection:
+    """A `websockets` client on `url` whose `connected` frame has been read."""
+    ws = await websockets.connect(url, **options)
+    frame = await recv_frame(ws)
+    assert frame["event"] == "connected", frame
+    return ws
+
+
+async def publish(
+    exchange: aio_pika.abc.AbstractExchange,
+    key: str,
+    event: str,
+    data: dict[str, Any] | None = None,
+    *,
+    stream: str | None = None,
+) -> None:
+    """Publish an envelope as a producer would; `stream` defaults to the key's first word."""
+    body: dict[str, Any] = {"stream": stream or key.partition(".")[0], "event": event}
+    if data is not None:
+        body["data"] = data
+    message = aio_pika.Message(orjson.dumps(body), content_type="application/json")
+    await exchange.publish(message, routing_key=key)
