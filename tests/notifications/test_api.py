@@ -200,6 +200,13 @@ async def test_unknown_or_malformed_ids_are_not_found(
     assert response.status_code == 404
 
 
+def deep(levels: int) -> object:
+    value: object = "bottom"
+    for _ in range(levels):
+        value = {"d": value}
+    return value
+
+
 BAD_BODIES = [
     ({"type": "x"}, "user_id"),
     ({"user_id": "alice"}, "type"),
@@ -211,6 +218,8 @@ BAD_BODIES = [
     ({"user_id": "a" * 250, "type": "x"}, "user_id"),
     ({"user_id": "alice", "type": "x", "title": "nul\x00"}, "title"),
     ({"user_id": "alice", "type": "x", "metadata": {"k": "nul\x00"}}, "metadata"),
+    ({"user_id": "alice", "type": "x", "metadata": {"n": 2**64}}, "metadata"),
+    ({"user_id": "alice", "type": "x", "metadata": {"deep": deep(40)}}, "metadata"),
 ]
 
 

@@ -20,6 +20,8 @@ MAX_TITLE_CHARS = 500
 MAX_MESSAGE_CHARS = 10_000
 MAX_URL_CHARS = 2_048
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+MAX_METADATA_DEPTH = 32
+"""orjson refuses to encode past 255 levels; nobody needs more than a few."""
 
 
 def _storable(value: str) -> str:
@@ -33,7 +35,9 @@ def _storable(value: str) -> str:
     return value
 
 
-def _storable_json(value: Any) -> Any:
+def _storable_json(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"must not nest deeper than {MAX_METADATA_DEPTH} levels")
     if isinstance(value, str):
         _storable(value)
     elif isinstance(value, bool):
@@ -45,10 +49,15 @@ def _storable_json(value: Any) -> Any:
     elif isinstance(value, dict):
         for key, item in value.items():
             _storable(key)
-            _storable_json(item)
+            _storable_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            _storable_json(item)
+            _storable_json(item, depth + 1)
+    return value
+
+
+def _storable_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    _storable_json(value, 0)
     return value
 
 
@@ -73,7 +82,7 @@ class CreateNotification(BaseModel):
     message: Annotated[Text, Field(max_length=MAX_MESSAGE_CHARS)] | None = None
     severity: Severity = Severity.INFO
     action_url: Annotated[Text, Field(max_length=MAX_URL_CHARS)] | None = None
-    metadata: Annotated[dict[str, Any], AfterValidator(_storable_json)] | None = None
+    metadata: Annotated[dict[str, Any], AfterValidator(_storable_metadata)] | None = None
 
 
 class NotificationOut(BaseModel):
