@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from support.ops import (
     COMPOSE_FILE,
     EXAMPLE_ENV,
     FILLED_SECRETS,
+    NGINX_CONF,
     ROOT,
     clean_env,
     require_tool,
@@ -215,3 +217,15 @@ def test_the_proxy_and_monitoring_run_the_repository_config(config: dict[str, An
     for name in ("proxy", "prometheus", "grafana"):
         for src, _ in mounted(name):
             assert (ROOT / src).exists(), src
+
+
+def test_the_proxy_never_cuts_a_socket_the_edge_keeps_alive(config: dict[str, Any]) -> None:
+    """nginx closes a proxied socket idle for proxy_read_timeout; the edge pings inside it."""
+    edge_env = config["services"]["edge"]["environment"]
+    ws_location = NGINX_CONF.read_text().split("location ~ ^/ws(/|$) {", 1)[1].split("}", 1)[0]
+    timeouts = dict(re.findall(r"(proxy_(?:read|send)_timeout) (\d+)s;", ws_location))
+
+    assert set(timeouts) == {"proxy_read_timeout", "proxy_send_timeout"}
+    for seconds in timeouts.values():
+        assert int(seconds) > 2 * float(edge_env["EDGE_PONG_TIMEOUT"])
+    assert float(edge_env["EDGE_PING_INTERVAL"]) < float(edge_env["EDGE_PONG_TIMEOUT"])
