@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aio_pika
 import jwt
 import psutil
 
+from realtime_bench.database import fresh_database
 from realtime_bench.monitor import Monitor, find_broker
 from realtime_bench.profile import Profiler
 from realtime_bench.report import Result, latency_summary
@@ -427,7 +426,7 @@ class Runner:
         self.progress(f"[rest {db} #{rep + 1}/{opts.reps}]")
         async with (
             self.server(TARGETS["ws-edge"], f"ws-edge-rest-{db}-{rep}") as edge,
-            self._database(db) as database_url,
+            fresh_database(db, self.supervisor.log_dir, self.opts.postgres_url) as database_url,
         ):
             port = free_port()
             label = f"notifications-{db}-{rep}"
@@ -502,38 +501,3 @@ class Runner:
                 )
             finally:
                 await self.supervisor.stop(process)
-
-    @contextlib.asynccontextmanager
-    async def _database(self, db: str) -> AsyncIterator[str]:
-        if db == "sqlite":
-            path = self.supervisor.log_dir / f"notifications-{uuid.uuid4().hex[:8]}.db"
-            try:
-                yield f"sqlite+aiosqlite:///{path}"
-            finally:
-                for leftover in path.parent.glob(path.name + "*"):
-                    leftover.unlink(missing_ok=True)
-            return
-        if not self.opts.postgres_url:
-            raise RuntimeError("POSTGRES_URL is not set: cannot run the PostgreSQL REST scenario")
-        import asyncpg  # type: ignore[import-untyped]
-
-        server_url = self.opts.postgres_url
-        name = f"bench_{uuid.uuid4().hex[:12]}"
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        try:
-            base = server_url.rsplit("/", 1)[0]
-            yield f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
-        finally:
-            conn = await asyncpg.connect(server_url)
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await conn.close()
-
-
-def log_dir_for(run_id: str, root: Path) -> Path:
-    return root / f"run-{run_id}"
