@@ -11,8 +11,7 @@ from pathlib import Path
 
 import dockerfile  # type: ignore[import-not-found]
 import pytest
-from docker.utils.build import exclude_paths  # type: ignore[import-untyped]
-from support.ops import DOCKERFILES, ROOT, clean_env, require_tool
+from support.ops import DOCKERFILES, ROOT, clean_env, context_files, require_tool
 
 pytestmark = pytest.mark.unit
 
@@ -174,13 +173,7 @@ def test_the_build_context_holds_the_code_but_never_local_secrets(tmp_path: Path
     for rel in planted:
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         (tree / rel).write_text("secret")
-    patterns = [
-        line.strip()
-        for line in (tree / ".dockerignore").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-
-    context = set(exclude_paths(str(tree), patterns))
+    context = context_files(tree)
 
     assert not context & set(planted)
     assert not any(p.startswith(("tests/", "docs/", "deploy/")) for p in context)

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import dockerfile  # type: ignore[import-not-found]
 import pytest
-from docker.utils.build import exclude_paths  # type: ignore[import-untyped]
-from support.ops import DOCKERFILES, ROOT, clean_env, require_tool
+from support.ops import DOCKERFILES, ROOT, clean_env, context_files, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +29,8 @@ def builder_stage(package: str) -> list[dockerfile.Command]:
 
 
 def build_context(tmp: Path) -> Path:
-    patterns = [
-        line.strip()
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
     context = tmp / "context"
-    for rel in exclude_paths(str(ROOT), patterns):
+    for rel in context_files(ROOT):
         if (ROOT / rel).is_file():
             (context / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / rel, context / rel)

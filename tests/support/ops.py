@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from docker.utils.build import exclude_paths  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
@@ -29,6 +30,16 @@ FILLED_SECRETS = {
     "RABBITMQ_PASSWORD": "rabbit-test-only",
     "POSTGRES_PASSWORD": "postgres-test-only",
 }
+
+
+def context_files(root: Path) -> set[str]:
+    """The paths `docker build` sends from `root`: .dockerignore applied by docker-py's matcher."""
+    patterns = [
+        line.strip()
+        for line in (root / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    return set(exclude_paths(str(root), patterns))
 
 
 def require_tool(name: str) -> str:
