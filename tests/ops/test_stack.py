@@ -300,6 +300,7 @@ async def test_the_page_is_served_and_logs_are_json_without_tokens(stack: Stack)
     token = stack.token("dave")
     async with httpx.AsyncClient(base_url=stack.http, timeout=10) as client:
         page = await client.get("/")
+        demo = await client.get("/demo/config.json")
         health = await client.get("/healthz")
         refused = await client.get(f"/api/notifications?access_token={token}")
         async with connect(stack.ws("/ws", token), origin=Origin(stack.http)) as ws:
@@ -309,6 +310,8 @@ async def test_the_page_is_served_and_logs_are_json_without_tokens(stack: Stack)
 
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
+    # The page calls the API on its own origin, through the same proxy.
+    assert demo.json()["notifications_url"] == ""
     assert health.status_code == 200
     assert refused.status_code == 401  # the API takes the header only
     service_lines = [
