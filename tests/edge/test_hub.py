@@ -1,5 +1,6 @@
 """The hub's fan-out without sockets: who gets a message, in what form, and who is dropped."""
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -16,20 +17,42 @@ from realtime_shared.routing import stream_key, user_key
 pytestmark = pytest.mark.component
 
 
-async def _never_send(message: Any) -> None:
-    raise AssertionError("the hub must not send; only the writer task does")
+class Client:
+    """An ASGI `send` that records frames; `stall()` makes it stop taking them."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.closed: int | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def stall(self) -> None:
+        self._writable.clear()
+
+    async def send(self, message: Any) -> None:
+        await self._writable.wait()
+        if message["type"] == "websocket.close":
+            self.closed = message["code"]
+        else:
+            self.frames.append(orjson.loads(message["text"]))
 
 
 def connection(hub: Hub, user: str, streams: list[str], limit: int = 4) -> Connection:
     session = Session(Claims(sub=user, exp=2**31), max_streams=8)
     session.commit(session.plan(streams))
-    conn = Connection(f"c-{user}-{len(hub.connections)}", session, _never_send, limit)
+    client = Client()
+    conn = Connection(f"c-{user}-{len(hub.connections)}", session, client.send, limit)
+    CLIENTS[conn] = client
     hub.register(conn)
     return conn
 
 
+CLIENTS: dict[Connection, Client] = {}
+
+
 def queued(conn: Connection) -> list[dict[str, Any]]:
-    return [orjson.loads(text) for text in conn._queue]
+    """What the client has received so far."""
+    return CLIENTS[conn].frames
 
 
 def body(stream: str, event: str, **data: object) -> bytes:
@@ -57,13 +80,12 @@ async def test_a_stream_key_reaches_every_holder() -> None:
     assert queued(bystander) == []
 
 
-async def test_the_frame_is_one_shared_string_and_untouched_when_already_right() -> None:
+async def test_the_frame_is_forwarded_untouched_when_already_right() -> None:
     hub = Hub(EdgeMetrics())
     a, b = connection(hub, "u", ["chat"]), connection(hub, "v", ["chat"])
     raw = b'{"stream":"chat","event":"e","meta":{"k":[1,2]}}'
     hub.dispatch("chat", raw)
-    assert a._queue[0] is b._queue[0]  # encoded once for every recipient
-    assert a._queue[0] == raw.decode()
+    assert queued(a) == queued(b) == [orjson.loads(raw)]
 
 
 @pytest.mark.parametrize(
@@ -91,21 +113,30 @@ async def test_a_body_that_is_not_an_envelope_is_dropped_and_counted(raw: bytes)
     assert metrics.dropped._value.get() == 1
 
 
-async def test_a_full_queue_closes_that_connection_only_with_1013() -> None:
+async def test_a_client_that_stops_reading_is_closed_with_1013_and_no_one_else_is() -> None:
     metrics = EdgeMetrics()
     hub = Hub(metrics)
     slow = connection(hub, "slow", ["chat"], limit=2)
-    fast = connection(hub, "fast", ["chat"], limit=100)
-    for n in range(3):
+    fast = connection(hub, "fast", ["chat"], limit=2)
+    CLIENTS[slow].stall()
+    for n in range(4):  # one in flight, two queued, the fourth overflows
         hub.dispatch("chat", body("chat", "e", n=n))
-        fast._queue.clear()  # the fast one keeps up
     assert slow.close_code is CloseCode.TRY_AGAIN_LATER
     assert slow.id not in hub.connections
     assert fast.close_code is None
+    assert [f["data"]["n"] for f in queued(fast)] == [0, 1, 2, 3]
     assert metrics.slow_consumers._value.get() == 1
     hub.dispatch("chat", body("chat", "after"))
-    assert [f["event"] for f in queued(fast)] == ["after"]
-    assert queued(slow) == []  # dropped, not delivered late
+    assert queued(fast)[-1]["event"] == "after"
+    assert queued(slow) == []
+    CLIENTS[slow]._writable.set()  # if it ever reads again: the frame in flight, then 1013
+    deadline = asyncio.get_running_loop().time() + 2
+    while CLIENTS[slow].closed is None:
+        assert asyncio.get_running_loop().time() < deadline, "no close frame after resuming"
+        await asyncio.sleep(0)
+    assert [f["data"]["n"] for f in queued(slow)] == [0]
+    assert CLIENTS[slow].closed == 1013
+    await slow.dispose()
 
 
 async def test_leaving_a_stream_and_unregistering_stop_delivery_and_update_the_summary() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import resource
 import socket
 import sys
@@ -21,12 +22,25 @@ DRAIN_TIMEOUT = 3
 """How long SIGTERM waits for clients to acknowledge the 1001 close before exiting anyway."""
 
 
+GC_GEN0_THRESHOLD = 10_000
+"""Allocations between young-generation collections (CPython's default is 700)."""
+
+
 class EdgeServer(uvicorn.Server):
     """uvicorn closes sockets with 1012 on shutdown; the contract wants 1001 first."""
 
     def __init__(self, config: uvicorn.Config, node: Node) -> None:
         super().__init__(config)
         self.node = node
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # What is alive now lives until exit: keep the cyclic collector from walking it on
+        # every collection, and collect young objects less often, since a connection storm
+        # allocates many long-lived ones (the bench saw ~10% of connect CPU in the GC).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:

@@ -1,12 +1,17 @@
-"""One client connection's outbound side: a bounded send queue drained by one writer task.
+"""One client connection's outbound side: write-through, else a bounded queue and a writer.
 
-The fan-out path calls `deliver` and never waits: when the queue is full the client is
-too slow, and it is closed (1013) instead of slowing anyone else down or growing memory.
+The fan-out path calls `deliver` and never waits. While the socket takes data, a frame
+is written at once: uvicorn's `send` completes without suspending when its transport is
+writable, so `deliver` steps the coroutine once and is done, with no task or future per
+frame. Only when a send has to wait (the client is not reading) does a writer task take
+over; later frames queue behind it, up to `limit`. A client that fills the queue is too
+slow, and it is closed (1013) instead of slowing anyone else down or growing memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from starlette.types import Send
@@ -31,15 +36,37 @@ def _abort_transport(send: Send) -> None:
         abort()
 
 
+async def _awaiting(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+async def _resume(coro: Coroutine[Any, Any, None], pending: object) -> None:
+    """Drive a coroutine that was stepped by hand and yielded `pending` to completion."""
+    try:
+        while True:
+            if isinstance(pending, asyncio.Future):
+                await asyncio.wait([pending])
+            else:
+                await asyncio.sleep(0)  # a bare yield: give the loop one turn
+            try:
+                pending = coro.send(None)
+            except StopIteration:
+                return
+    except BaseException:
+        coro.close()
+        raise
+
+
 class Connection:
     __slots__ = (
         "_abort",
         "_close_timeout",
+        "_failed",
         "_limit",
         "_loop",
         "_queue",
         "_send",
-        "_waiter",
+        "_writer",
         "close_code",
         "expiry",
         "id",
@@ -64,35 +91,35 @@ class Connection:
         # A list, not a deque: an empty deque costs ~600 bytes per idle connection, and
         # pop(0) on at most `limit` (64) items is cheap.
         self._queue: list[str] = []
-        self._waiter: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._failed = False
         self._loop = asyncio.get_running_loop()
-        self.close_code: CloseCode | None = None
-        self.expiry: asyncio.TimerHandle | None = None
         self._close_timeout = close_timeout
         self._abort: asyncio.TimerHandle | None = None
+        self.close_code: CloseCode | None = None
+        self.expiry: asyncio.TimerHandle | None = None
         self.started = False  # True once `connected` is queued: only then may other frames go
 
+    @property
+    def closing(self) -> bool:
+        """Closed or closing: frames for it are dropped, and that is not slowness."""
+        return self.close_code is not None or self._failed
+
     def deliver(self, frame: str) -> bool:
-        """Queue a frame; False when the connection is closing or its queue is full."""
-        if self.close_code is not None:
+        """Send or queue a frame; False when the connection is closing or its queue is full."""
+        if self.close_code is not None or self._failed:
             return False
+        if self._writer is None:
+            self._write_through({"type": "websocket.send", "text": frame})
+            return True
         queue = self._queue
         if len(queue) >= self._limit:
             return False
         queue.append(frame)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
         return True
 
-    @property
-    def full(self) -> bool:
-        return len(self._queue) >= self._limit
-
     def close(self, code: CloseCode, *, flush: bool = True) -> None:
-        """Ask the writer to close after the queued frames (or right away when not `flush`)."""
+        """Send the close frame after the queued frames (or right away when not `flush`)."""
         if self.close_code is not None:
             return
         self.close_code = code
@@ -103,31 +130,46 @@ class Connection:
         if self.expiry is not None:
             self.expiry.cancel()
             self.expiry = None
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._writer is None and not self._failed:
+            self._write_through(_close_message(code))
 
-    def dispose(self) -> None:
-        """The socket is gone: no abort pending, no expiry pending."""
+    def _write_through(self, message: dict[str, Any]) -> None:
+        sending = self._send(message)
+        coro = sending if isinstance(sending, Coroutine) else _awaiting(sending)
+        try:
+            pending = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:
+            self._failed = True  # the client is gone; the reader sees the disconnect
+            return
+        self._writer = self._loop.create_task(self._finish(coro, pending))
+
+    async def _finish(self, coro: Coroutine[Any, Any, None], pending: object) -> None:
+        """The writer: complete the send that had to wait, drain the queue, then step aside."""
+        try:
+            await _resume(coro, pending)
+            while self._queue:
+                await self._send({"type": "websocket.send", "text": self._queue.pop(0)})
+            if self.close_code is not None:
+                await self._send(_close_message(self.close_code))
+        except Exception:
+            self._failed = True
+        finally:
+            self._writer = None
+
+    async def dispose(self) -> None:
+        """The socket is gone: no more sends, nothing pending."""
+        self._failed = True
         for handle in (self._abort, self.expiry):
             if handle is not None:
                 handle.cancel()
         self._abort = self.expiry = None
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            await asyncio.wait([writer])
 
-    async def write(self) -> None:
-        """The writer task: send queued frames in order, then the close frame if one is asked."""
-        send = self._send
-        queue = self._queue
-        while True:
-            if queue:
-                message: dict[str, Any] = {"type": "websocket.send", "text": queue.pop(0)}
-                await send(message)
-            elif self.close_code is not None:
-                break
-            else:
-                self._waiter = self._loop.create_future()
-                await self._waiter
-        code = self.close_code
-        await send({"type": "websocket.close", "code": int(code), "reason": code.reason})
+
+def _close_message(code: CloseCode) -> dict[str, Any]:
+    return {"type": "websocket.close", "code": int(code), "reason": code.reason}

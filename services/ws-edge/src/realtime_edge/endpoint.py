@@ -121,24 +121,18 @@ class WebSocketEndpoint:
             node.release(conn.user_id, session.streams)
             raise
         node.opened(conn)
-        writer = asyncio.create_task(conn.write())
         code: int = CloseCode.INTERNAL_ERROR
         try:
             await node.bound(pending)
-            if conn.close_code is None:
+            if not conn.closing:
                 node.started(conn)
                 self._schedule_expiry(conn)
             code = await self._read(conn, receive)
         finally:
             if conn.close_code is not None:
                 code = conn.close_code
-            conn.close(CloseCode.NORMAL)
-            conn.dispose()
             node.closed(conn, code)
-            writer.cancel()
-            await asyncio.wait([writer])
-            if not writer.cancelled():
-                writer.exception()  # a send to a vanished client failed: nothing to report
+            await conn.dispose()
 
     async def _read(self, conn: Connection, receive: Receive) -> int:
         """Handle client frames until the socket closes; returns the close code seen."""
@@ -179,7 +173,7 @@ class WebSocketEndpoint:
             node.release(conn.user_id, plan.add)
             raise
         reply = conn.session.commit(plan)
-        if conn.started and conn.close_code is None:
+        if conn.started and not conn.closing:
             for stream in plan.add:
                 node.hub.join(conn, stream)
         node.send(conn, reply)

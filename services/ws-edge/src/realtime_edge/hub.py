@@ -94,7 +94,7 @@ class Hub:
         for conn in members:
             if conn.deliver(frame):
                 delivered += 1
-            elif conn.close_code is None:
+            elif not conn.closing:
                 slow = slow or []
                 slow.append(conn)
         self._metrics.delivered.inc(delivered)

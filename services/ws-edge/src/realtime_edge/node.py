@@ -111,14 +111,14 @@ class Node:
 
     def send(self, conn: Connection, frame: str) -> None:
         """Queue a reply; a connection whose queue is full is a slow consumer."""
-        if not conn.deliver(frame) and conn.close_code is None:
+        if not conn.deliver(frame) and not conn.closing:
             self.hub.drop_slow(conn)
 
     def _resync(self) -> None:
         """After an outage: tell every live connection it may have missed messages."""
         count = 0
         for conn in self.hub:
-            if conn.started and conn.close_code is None:
+            if conn.started and not conn.closing:
                 self.send(conn, conn.session.resync_frame())
                 count += 1
         log.info("sent resync to %d connections", count)
