@@ -42,10 +42,12 @@ def create_app(
         engine = db.create_engine(settings.database_url, settings.database_pool_size)
         try:
             await db.migrate(engine)
+            gate = db.WriteGate(engine)
             relay = OutboxRelay(
                 engine,
                 events,
                 metrics,
+                gate,
                 poll_interval=settings.outbox_poll_interval,
                 batch_size=settings.outbox_batch_size,
                 retention=timedelta(seconds=settings.outbox_retention_seconds),
@@ -53,7 +55,7 @@ def create_app(
             )
             app.state.engine = engine
             app.state.publisher = events
-            app.state.service = NotificationService(partial(UnitOfWork, engine, relay.wake))
+            app.state.service = NotificationService(partial(UnitOfWork, engine, relay.wake, gate))
             relay.start()
             try:
                 yield

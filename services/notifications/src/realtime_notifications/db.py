@@ -8,6 +8,9 @@ starts with BEGIN IMMEDIATE so a reader never has to upgrade to a writer
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any
 
@@ -26,6 +29,26 @@ they neither wait for nor block the writer (WAL); elsewhere it changes nothing."
 READ_ONLY = {READ_ONLY_OPTION: True}
 WRITABLE = {READ_ONLY_OPTION: False}
 MIGRATION_LOCK_ID = 0x6E6F7469  # "noti": replicas starting together migrate one at a time
+
+
+class WriteGate:
+    """Queues this process's SQLite writers in asyncio, FIFO, before they ask for the lock.
+
+    SQLite has one writer; a connection that finds the lock taken waits in its busy
+    handler, which sleeps in growing steps (1, 2, 5, 10... ms), so under concurrent
+    writes latency jumps by tens of milliseconds. PostgreSQL needs no gate.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._lock = asyncio.Lock() if is_sqlite(engine) else None
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[None]:
+        if self._lock is None:
+            yield
+            return
+        async with self._lock:
+            yield
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

@@ -20,7 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 
 from realtime_notifications import outbox
 from realtime_notifications.broker import EventPublisher
-from realtime_notifications.db import READ_ONLY, WRITABLE
+from realtime_notifications.db import READ_ONLY, WRITABLE, WriteGate
 from realtime_notifications.domain import utcnow
 from realtime_notifications.metrics import Metrics
 from realtime_notifications.repository import IdempotencyRepository
@@ -43,6 +43,7 @@ class OutboxRelay:
         engine: AsyncEngine,
         publisher: EventPublisher,
         metrics: Metrics,
+        gate: WriteGate,
         *,
         poll_interval: float,
         batch_size: int,
@@ -50,6 +51,7 @@ class OutboxRelay:
         backoff_cap: float,
     ) -> None:
         self._engine = engine
+        self._gate = gate
         self._publisher = publisher
         self._metrics = metrics
         self._poll_interval = poll_interval
@@ -139,8 +141,9 @@ class OutboxRelay:
                     await self._publish_per_user(events, sent)
                 finally:
                     if sent:
-                        await outbox.mark_sent(conn, sent)
-                        await conn.commit()
+                        async with self._gate():
+                            await outbox.mark_sent(conn, sent)
+                            await conn.commit()
                         self._metrics.published.inc(len(sent))
             finally:
                 try:
@@ -176,7 +179,7 @@ class OutboxRelay:
             return
         self._last_prune = now
         before = utcnow() - self._retention
-        async with self._engine.begin() as conn:
+        async with self._gate(), self._engine.begin() as conn:
             pruned = await outbox.prune(conn, before)
             # Idempotency keys share the retention: a retry later than that is a new request.
             keys = await IdempotencyRepository(conn).prune(before)
