@@ -4,6 +4,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiormq.abc import ChannelFrame
 
 from realtime_edge.consumer import Bindings
 from realtime_edge.metrics import EdgeMetrics
@@ -71,6 +72,33 @@ async def test_a_burst_is_pipelined_as_nowait_binds_closed_by_one_synchronous_bi
     assert waits.count(False) < 5  # round trips per batch, not per key
     assert waits[-1] is False  # the last one is the fence that confirms the batch
     await served.stop()
+
+
+class BatchingChannel(RecordingChannel):
+    """Also exposes aiormq's write queue, as a real channel does."""
+
+    number = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.write_queue: asyncio.Queue[ChannelFrame] = asyncio.Queue()
+
+
+async def test_a_burst_goes_to_the_socket_as_one_buffer_then_one_fence() -> None:
+    bindings = Bindings(unbind_delay=0, metrics=EdgeMetrics())
+    channel = BatchingChannel()
+    restored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(bindings.serve(channel, "q", "ex", restored))  # type: ignore[arg-type]
+    futures = [bindings.acquire(f"notifications.u{n}") for n in range(100)]
+    await asyncio.wait_for(asyncio.gather(*futures), 1)
+    buffers = [channel.write_queue.get_nowait() for _ in range(channel.write_queue.qsize())]
+    assert len(buffers) == 1
+    payload = buffers[0].payload
+    assert all(f"notifications.u{n}".encode() in payload for n in range(99))
+    assert channel.calls == [("bind", "notifications.u99", False)]  # the synchronous fence
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def test_a_reacquire_within_the_unbind_delay_keeps_the_binding() -> None:

@@ -22,7 +22,8 @@ from collections import deque
 from collections.abc import Callable
 
 import aiormq
-from aiormq.abc import AbstractChannel, DeliveredMessage
+from aiormq.abc import AbstractChannel, ChannelFrame, DeliveredMessage
+from pamqp import commands as spec
 
 from realtime_edge.metrics import EdgeMetrics
 
@@ -156,8 +157,18 @@ class Bindings:
     async def _bind(
         self, channel: AbstractChannel, queue: str, exchange: str, keys: list[str]
     ) -> None:
-        for key in keys[:-1]:
-            await channel.queue_bind(queue, exchange, key, nowait=True)
+        ahead = keys[:-1]
+        write_queue = getattr(channel, "write_queue", None)
+        if ahead and write_queue is not None:
+            # One buffer, one socket write for the whole batch, instead of a write each.
+            binds = [
+                spec.Queue.Bind(queue=queue, exchange=exchange, routing_key=key, nowait=True)
+                for key in ahead
+            ]
+            await write_queue.put(ChannelFrame.marshall(channel.number, binds))
+        else:
+            for key in ahead:
+                await channel.queue_bind(queue, exchange, key, nowait=True)
         await channel.queue_bind(queue, exchange, keys[-1])
         for key in keys:
             binding = self._keys.get(key)
