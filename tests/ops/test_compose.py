@@ -229,3 +229,10 @@ def test_the_proxy_never_cuts_a_socket_the_edge_keeps_alive(config: dict[str, An
     for seconds in timeouts.values():
         assert int(seconds) > 2 * float(edge_env["EDGE_PONG_TIMEOUT"])
     assert float(edge_env["EDGE_PING_INTERVAL"]) < float(edge_env["EDGE_PONG_TIMEOUT"])
+
+
+def test_every_variable_compose_reads_is_in_the_example_env() -> None:
+    read = set(re.findall(r"\$\{(\w+)", COMPOSE_FILE.read_text()))
+    listed = set(re.findall(r"^#? ?(\w+)=", EXAMPLE_ENV.read_text(), re.M))
+
+    assert read - listed == set(), "document these in deploy/example.env"
