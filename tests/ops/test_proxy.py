@@ -205,9 +205,10 @@ async def test_tokens_never_reach_the_proxy_logs(proxy: Proxy) -> None:
     lines = [json.loads(line) for line in logged]
 
     assert TOKEN not in proxy.logs()
-    assert [(line["path"], line["status"]) for line in lines] == [
-        ("/ws", 101),
+    # nginx logs a WebSocket when it ends, which may come after the next request's line.
+    assert sorted((line["path"], line["status"]) for line in lines) == [
         ("/api/notifications", 200),
+        ("/ws", 101),
     ]
 
 
