@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import jwt
 import pytest
-from support.notifications import FakePublisher
+from support.notifications import FakePublisher, make_settings, running_app
 
+from realtime_notifications.app import create_app
+from realtime_shared.auth import KeyConfigError
 from realtime_shared.settings import DEV_JWT_SECRET
 
 pytestmark = pytest.mark.component
@@ -157,3 +160,29 @@ async def test_cors_allows_configured_and_dev_loopback_origins_only(
     assert ok.headers["access-control-allow-origin"] == "http://localhost:51234"
     evil = await client.options(BASE, headers={**preflight, "Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in evil.headers
+
+
+async def test_outside_dev_mode_only_configured_origins_pass_cors(database_url: str) -> None:
+    settings = make_settings(
+        database_url,
+        dev=False,
+        jwt_secret="a-production-secret-of-at-least-32-bytes",
+        notifications_cors_origins="https://app.example, https://admin.example:8443",
+    )
+    preflight = {
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    async with running_app(settings, FakePublisher()) as client:
+        for origin in ("https://app.example", "https://admin.example:8443"):
+            ok = await client.options(BASE, headers={**preflight, "Origin": origin})
+            assert ok.headers["access-control-allow-origin"] == origin
+        for origin in ("http://localhost:5173", "https://app.example:444"):
+            no = await client.options(BASE, headers={**preflight, "Origin": origin})
+            assert "access-control-allow-origin" not in no.headers
+
+
+def test_without_a_key_or_dev_mode_the_service_refuses_to_start(tmp_path: Path) -> None:
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path}/n.db", dev=False, jwt_secret=None)
+    with pytest.raises(KeyConfigError, match="JWT_SECRET"):
+        create_app(settings)
