@@ -155,3 +155,8 @@ def test_public_key_is_never_used_as_an_hmac_secret() -> None:
     with pytest.raises(TokenInvalid):
         v.verify(issue_token("mallory", "p" * 32, algorithm="HS256"))
     assert v.verify(issue_token("alice", priv, algorithm="RS256")).sub == "alice"
+
+
+def test_an_unusable_public_key_refuses_to_start() -> None:
+    with pytest.raises(KeyConfigError, match="RS256"):
+        TokenVerifier(algorithms=["RS256"], public_key="-----BEGIN PUBLIC KEY-----\nnope\n")

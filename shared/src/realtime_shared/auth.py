@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from jwt.algorithms import get_default_algorithms
 
 from realtime_shared.routing import fits_routing_key
 from realtime_shared.settings import RealtimeSettings
@@ -87,6 +88,14 @@ class TokenVerifier:
         self.issuer = issuer
         self.leeway = leeway
         self._check_config()
+        # Parsed once: PyJWT would otherwise load a PEM key on every verify.
+        algorithms = get_default_algorithms()
+        self._keys: dict[str, Any] = {}
+        for alg in self.algorithms:
+            try:
+                self._keys[alg] = algorithms[alg].prepare_key(self._key_for(alg))
+            except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
+                raise KeyConfigError(f"the key for {alg} cannot be used: {exc}") from None
 
     @classmethod
     def from_settings(cls, settings: RealtimeSettings) -> TokenVerifier:
@@ -139,7 +148,7 @@ class TokenVerifier:
         try:
             payload: dict[str, Any] = jwt.decode(
                 token,
-                self._key_for(alg),
+                self._keys[alg],
                 algorithms=[alg],
                 audience=self.audience,
                 issuer=self.issuer,
