@@ -10,6 +10,8 @@ import httpx
 import pytest
 from support.notifications import FakePublisher, metric, until_metric
 
+from realtime_shared.envelope import Envelope
+
 pytestmark = pytest.mark.component
 
 Auth = Callable[..., dict[str, str]]
@@ -160,9 +162,11 @@ async def test_read_all_marks_only_the_callers_unread_ones(
     assert (await client.get(f"{BASE}/{bobs['id']}", headers=auth("bob"))).json()[
         "is_read"
     ] is False
-    events = await publisher.wait_for(6)
-    assert events[-1].event == "notification.read_all" and events[-1].data == {"count": 2}
-    assert publisher.published[-1].routing_key == "notifications.alice"
+    await publisher.wait_for(6)
+    # Order holds per user only: bob's event may come anywhere among alice's.
+    alices = [e for e in publisher.published if e.routing_key == "notifications.alice"]
+    last = Envelope.from_bytes(alices[-1].body)
+    assert last.event == "notification.read_all" and last.data == {"count": 2}
 
 
 async def test_an_idempotency_key_replays_the_first_result_and_publishes_once(
@@ -294,7 +298,7 @@ async def test_broker_down_api_keeps_serving_backlog_grows_then_drains_in_order(
     assert len((await client.get(BASE, headers=auth("alice"))).json()) == 5
     assert await metric(client, "notifications_outbox_backlog") == 6
     assert (await metric(client, "notifications_outbox_oldest_pending_age_seconds") or 0) > 0
-    assert (await metric(client, "notifications_outbox_publish_failures_total") or 0) > 0
+    await until_metric(client, "notifications_outbox_publish_failures_total", 1, at_least=True)
 
     publisher.down = False
     events = await publisher.wait_for(6)

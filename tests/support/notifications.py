@@ -108,11 +108,21 @@ async def metric(client: httpx.AsyncClient, line_prefix: str) -> float | None:
 
 
 async def until_metric(
-    client: httpx.AsyncClient, line_prefix: str, value: float, within: float = 5.0
+    client: httpx.AsyncClient,
+    line_prefix: str,
+    value: float,
+    within: float = 5.0,
+    *,
+    at_least: bool = False,
 ) -> None:
-    """Poll /metrics until a sample has `value` (the relay marks rows sent after confirms)."""
+    """Poll /metrics until a sample has `value` (or more, `at_least`): the relay works
+    in the background, so what it did shows up there a little later."""
+
+    def reached(seen: float | None) -> bool:
+        return seen is not None and (seen >= value if at_least else seen == value)
+
     deadline = time.monotonic() + within
-    while (seen := await metric(client, line_prefix)) != value:
+    while not reached(seen := await metric(client, line_prefix)):
         if time.monotonic() > deadline:
             raise AssertionError(f"{line_prefix} is {seen}, expected {value}")
         await asyncio.sleep(0.02)

@@ -25,6 +25,9 @@ from realtime_shared.auth import TokenVerifier
 
 log = logging.getLogger(__name__)
 
+RELAY_POOL_SIZE = 2
+"""One connection for the relay's round, one spare for pruning or a reconnect."""
+
 
 def create_app(
     settings: NotificationsSettings, *, publisher: EventPublisher | None = None
@@ -40,11 +43,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = db.create_engine(settings.database_url, settings.database_pool_size)
+        # The relay's own connections: under load the API can hold every pooled one, and
+        # a relay queued behind requests would publish seconds late.
+        relay_engine = db.create_engine(settings.database_url, RELAY_POOL_SIZE)
         try:
             await db.migrate(engine)
             gate = db.WriteGate(engine)
             relay = OutboxRelay(
-                engine,
+                relay_engine,
                 events,
                 metrics,
                 gate,
@@ -63,6 +69,7 @@ def create_app(
                 await relay.stop()
                 await events.close()
         finally:
+            await relay_engine.dispose()
             await engine.dispose()
 
     app = FastAPI(
