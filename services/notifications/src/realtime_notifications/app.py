@@ -45,7 +45,8 @@ def create_app(
         engine = db.create_engine(settings.database_url, settings.database_pool_size)
         # The relay's own connections: under load the API can hold every pooled one, and
         # a relay queued behind requests would publish seconds late.
-        relay_engine = db.create_engine(settings.database_url, RELAY_POOL_SIZE)
+        # Autocommit on PostgreSQL: each of its statements stands alone anyway (see outbox).
+        relay_engine = db.create_engine(settings.database_url, RELAY_POOL_SIZE, autocommit=True)
         try:
             await db.migrate(engine)
             gate = db.WriteGate(engine)

@@ -55,7 +55,9 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, pool_size: int = 10, *, autocommit: bool = False) -> AsyncEngine:
+    """`autocommit` (ignored on SQLite, whose transactions `_tune_sqlite` owns): every
+    statement commits alone, saving the BEGIN and COMMIT round trips."""
     # No overflow: connections beyond the pool would be opened and closed per request
     # under load (a thread per SQLite connection, a TCP+auth handshake per PostgreSQL
     # one); waiting briefly for a pooled connection is cheaper.
@@ -72,6 +74,8 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": timeout}, **pool)
         _tune_sqlite(engine)
         return engine
+    if autocommit:
+        return create_async_engine(url, isolation_level="AUTOCOMMIT", **pool)
     return create_async_engine(url, **pool)
 
 

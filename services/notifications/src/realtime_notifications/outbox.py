@@ -5,8 +5,11 @@ at once, and row locks alone cannot keep one user's events in order (replica
 B could skip A's locked rows and publish a newer event first). So a relay
 takes a session-level advisory lock per *user* (`pg_try_advisory_lock`, never
 waiting: users held by another replica are skipped) and publishes only the
-pending rows of the users it holds, oldest first. SQLite is one process with
-one relay, which needs no lock.
+pending rows of the users it holds, oldest first. The order of statements is
+what makes it safe: rows are read only after the locks are taken (a later
+statement, a fresh snapshot), and marked sent before the locks are released,
+so the relay can run them in autocommit. SQLite is one process with one relay,
+which needs no lock.
 """
 
 from __future__ import annotations
