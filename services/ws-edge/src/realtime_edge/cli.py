@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from realtime_edge.app import create_app
 from realtime_edge.node import Node
 from realtime_edge.settings import EdgeSettings
+from realtime_edge.wsprotocol import EdgeWebSocketProtocol
 from realtime_shared.auth import KeyConfigError
 from realtime_shared.logs import configure_logging, uvicorn_log_config
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        ws=EdgeWebSocketProtocol,
         ws_max_size=settings.edge_max_frame_bytes,
         ws_ping_interval=settings.edge_ping_interval,
         ws_ping_timeout=settings.pong_wait,

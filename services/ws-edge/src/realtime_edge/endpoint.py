@@ -72,6 +72,7 @@ class WebSocketEndpoint:
             return
         admission = await self._admit(scope, send)
         if admission is not None:
+            scope["headers"] = ()  # only the checks read them; idle connections stay smaller
             await self._serve(admission, receive, send)
 
     async def _admit(self, scope: Scope, send: Send) -> Admission | None:

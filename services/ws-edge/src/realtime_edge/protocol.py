@@ -134,6 +134,8 @@ class SubscribePlan:
 class Session:
     """One connection's identity, token deadline and held streams (in subscription order)."""
 
+    __slots__ = ("_held", "claims", "max_streams")
+
     def __init__(self, claims: Claims, max_streams: int) -> None:
         self.claims = claims
         self.max_streams = max_streams
