@@ -1,10 +1,11 @@
 """The light containers behind each connection's uvicorn protocol keep uvicorn's behaviour."""
 
 import asyncio
+import logging
 
 import pytest
 
-from realtime_edge.wsprotocol import Flag, Inbox
+from realtime_edge.wsprotocol import Flag, Inbox, QuietAccepts
 
 pytestmark = pytest.mark.unit
 
@@ -46,3 +47,24 @@ async def test_flag_blocks_writers_while_clear_and_releases_them_when_set() -> N
     flag.set()
     assert await asyncio.wait_for(asyncio.gather(*waiters), 1) == [True, True]
     assert flag.is_set()
+
+
+def test_accepted_lines_are_dropped_and_refusals_kept() -> None:
+    quiet = QuietAccepts()
+
+    def record(msg: str) -> logging.LogRecord:
+        args = ("127.0.0.1:5000", "/ws?token=[redacted]")
+        return logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, msg, args, None)
+
+    refused = record('%s - "WebSocket %s" 403')
+    assert quiet.filter(refused) and refused.levelno == logging.INFO
+    logger = logging.getLogger("uvicorn.error")
+    level = logger.level
+    try:
+        logger.setLevel(logging.INFO)
+        assert not quiet.filter(record('%s - "WebSocket %s" [accepted]'))
+        logger.setLevel(logging.DEBUG)
+        accepted = record('%s - "WebSocket %s" [accepted]')
+        assert quiet.filter(accepted) and accepted.levelname == "DEBUG"
+    finally:
+        logger.setLevel(level)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import logging
 import resource
 import socket
 import sys
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from realtime_edge.app import create_app
 from realtime_edge.node import Node
 from realtime_edge.settings import EdgeSettings
-from realtime_edge.wsprotocol import EdgeWebSocketProtocol
+from realtime_edge.wsprotocol import EdgeWebSocketProtocol, QuietAccepts
 from realtime_shared.auth import KeyConfigError
 from realtime_shared.logs import configure_logging, uvicorn_log_config
 
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=DRAIN_TIMEOUT,
         backlog=4096,
     )
+    logging.getLogger("uvicorn.error").addFilter(QuietAccepts())  # after uvicorn's log config
     raise_fd_limit()
     server = EdgeServer(config, app.state.node)
     with contextlib.suppress(KeyboardInterrupt):

@@ -9,9 +9,12 @@ The behaviour is uvicorn's own; only these containers change.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+ACCEPTED_LOG_MESSAGE = '%s - "WebSocket %s" [accepted]'
 
 
 class Inbox:
@@ -77,6 +80,20 @@ class Flag:
         finally:
             if fut in self._waiters:
                 self._waiters.remove(fut)
+
+
+class QuietAccepts(logging.Filter):
+    """uvicorn's "[accepted]" line, one per connection, becomes a DEBUG line.
+
+    In a connection storm each line is formatted, redacted and written: measurable CPU
+    per connection. Refusals (401/403/404) and errors keep their level.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != ACCEPTED_LOG_MESSAGE:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
