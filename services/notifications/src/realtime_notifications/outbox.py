@@ -26,6 +26,8 @@ from realtime_notifications.models import outbox
 
 USER_LOCK_NAMESPACE = 0x6F757462  # "outb": first key of pg_try_advisory_lock(int, int)
 
+_INSERT = outbox.insert()  # built once: values go in as parameters
+
 
 @dataclass(frozen=True, slots=True)
 class PendingEvent:
@@ -44,13 +46,14 @@ class Backlog:
 
 async def add(conn: AsyncConnection, event: Event) -> None:
     await conn.execute(
-        outbox.insert().values(
-            event_id=event.id,
-            user_id=event.user_id,
-            routing_key=event.routing_key,
-            body=event.envelope().to_bytes(),
-            created_at=event.occurred_at,
-        )
+        _INSERT,
+        {
+            "event_id": event.id,
+            "user_id": event.user_id,
+            "routing_key": event.routing_key,
+            "body": event.envelope().to_bytes(),
+            "created_at": event.occurred_at,
+        },
     )
 
 

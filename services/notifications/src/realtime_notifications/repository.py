@@ -13,6 +13,10 @@ from realtime_notifications.models import idempotency_keys, notifications
 
 _COLUMNS = [c for c in notifications.c if c.name != "seq"]
 
+# Built once, values passed as parameters: no statement to build and key per execution.
+_INSERT_NOTIFICATION = notifications.insert()
+_INSERT_IDEMPOTENCY_KEY = idempotency_keys.insert()
+
 
 def _to_domain(row: sa.Row[Any]) -> Notification:
     return Notification(
@@ -53,7 +57,7 @@ class NotificationRepository:
         self._conn = conn
 
     async def add(self, n: Notification) -> None:
-        await self._conn.execute(notifications.insert().values(_to_row(n)))
+        await self._conn.execute(_INSERT_NOTIFICATION, _to_row(n))
 
     async def get(
         self, user_id: str, notification_id: str, *, for_update: bool = False
@@ -122,9 +126,8 @@ class IdempotencyRepository:
     async def add(self, caller: str, key: str, response: bytes, now: datetime) -> None:
         """Raises `sqlalchemy.exc.IntegrityError` when a concurrent request stored it first."""
         await self._conn.execute(
-            idempotency_keys.insert().values(
-                caller=caller, key=key, response=response, created_at=now
-            )
+            _INSERT_IDEMPOTENCY_KEY,
+            {"caller": caller, "key": key, "response": response, "created_at": now},
         )
 
     async def prune(self, before: datetime) -> int:
