@@ -97,7 +97,7 @@ class Connection:
         self._close_timeout = close_timeout
         self._abort: asyncio.TimerHandle | None = None
         self.close_code: CloseCode | None = None
-        self.expiry: asyncio.TimerHandle | None = None
+        self.expiry: int | None = None  # the token deadline it is scheduled for (Deadlines)
         self.started = False  # True once `connected` is queued: only then may other frames go
 
     @property
@@ -127,9 +127,6 @@ class Connection:
         self._abort = self._loop.call_later(self._close_timeout, _abort_transport, self._send)
         if not flush:
             self._queue.clear()
-        if self.expiry is not None:
-            self.expiry.cancel()
-            self.expiry = None
         if self._writer is None and not self._failed:
             self._write_through(_close_message(code))
 
@@ -161,10 +158,9 @@ class Connection:
     async def dispose(self) -> None:
         """The socket is gone: no more sends, nothing pending."""
         self._failed = True
-        for handle in (self._abort, self.expiry):
-            if handle is not None:
-                handle.cancel()
-        self._abort = self.expiry = None
+        if self._abort is not None:
+            self._abort.cancel()
+            self._abort = None
         writer = self._writer
         if writer is not None:
             writer.cancel()

@@ -7,10 +7,8 @@ the denial response (401/403/404 before any upgrade) is the ASGI
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import time
 import uuid
 from urllib.parse import parse_qsl
 
@@ -19,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from realtime_edge.closecodes import CloseCode
 from realtime_edge.connection import Connection
+from realtime_edge.deadlines import Deadlines
 from realtime_edge.errors import BrokerUnavailable, EdgeError, OriginForbidden, TooManyConnections
 from realtime_edge.handshake import Admission
 from realtime_edge.node import Node
@@ -65,6 +64,7 @@ async def deny(scope: Scope, send: Send, status: int, code: str, message: str) -
 class WebSocketEndpoint:
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.deadlines = Deadlines(self._expire)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -132,6 +132,7 @@ class WebSocketEndpoint:
         finally:
             if conn.close_code is not None:
                 code = conn.close_code
+            self.deadlines.cancel(conn)
             node.closed(conn, code)
             await conn.dispose()
 
@@ -189,15 +190,11 @@ class WebSocketEndpoint:
         self.node.send(conn, reply)
 
     def _schedule_expiry(self, conn: Connection) -> None:
-        """A timer handle, not a task: idle connections must stay cheap."""
-        if conn.expiry is not None:
-            conn.expiry.cancel()
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, conn.session.exp - time.time())
-        conn.expiry = loop.call_later(delay, self._expire, conn)
+        self.deadlines.schedule(conn, conn.session.exp)
 
     def _expire(self, conn: Connection) -> None:
-        conn.expiry = None
+        if conn.closing:
+            return  # already on its way out for another reason
         self.node.hub.unregister(conn)  # nothing after `token.expired`
         conn.deliver(TOKEN_EXPIRED_FRAME)
         conn.close(CloseCode.TOKEN_EXPIRED)
