@@ -9,6 +9,7 @@ starts with BEGIN IMMEDIATE so a reader never has to upgrade to a writer
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -19,7 +20,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import await_
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 
@@ -94,8 +97,16 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(connection: Connection) -> None:
         # Readers issue no BEGIN at all: each of their statements is its own snapshot
         # (they run one query each), and it saves a round trip to the driver's thread.
-        if not connection.get_execution_options().get(READ_ONLY_OPTION, False):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READ_ONLY_OPTION, False):
+            return
+        # Straight to aiosqlite: one hop to its thread, where a statement through
+        # SQLAlchemy's cursor takes three (open, execute, close the cursor).
+        driver = connection.connection.driver_connection
+        assert driver is not None  # inside "begin" the connection is checked out
+        try:
+            await_(driver.execute("BEGIN IMMEDIATE"))
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, sqlite3.Error) from exc
 
 
 def alembic_config() -> Config:
