@@ -160,3 +160,18 @@ def test_public_key_is_never_used_as_an_hmac_secret() -> None:
 def test_an_unusable_public_key_refuses_to_start() -> None:
     with pytest.raises(KeyConfigError, match="RS256"):
         TokenVerifier(algorithms=["RS256"], public_key="-----BEGIN PUBLIC KEY-----\nnope\n")
+
+
+def test_an_empty_audience_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JWT_AUDIENCE", "")
+    monkeypatch.setenv("JWT_ISSUER", "")
+    settings = RealtimeSettings(_env_file=None, dev=True)  # type: ignore[call-arg]
+    assert settings.jwt_audience is None
+    assert settings.jwt_issuer is None
+
+
+def test_with_several_algorithms_an_unlisted_one_is_refused() -> None:
+    v = TokenVerifier(algorithms=["HS256", "HS512"], secret=SECRET * 2)
+    assert v.verify(issue_token("alice", SECRET * 2, algorithm="HS512")).sub == "alice"
+    with pytest.raises(TokenInvalid, match="algorithm"):
+        v.verify(issue_token("alice", SECRET * 2, algorithm="HS384"))

@@ -138,13 +138,19 @@ class TokenVerifier:
     def verify(self, token: str | None) -> Claims:
         if not token:
             raise TokenMissing("no token given")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise TokenInvalid("malformed token") from None
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self.algorithms:
-            raise TokenInvalid(f"algorithm {alg!r} is not accepted")
+        if len(self.algorithms) == 1:
+            # The usual case: one key, and PyJWT refuses any other `alg` itself; skipping
+            # the separate header parse saves a measurable share of a connect's CPU.
+            alg = self.algorithms[0]
+        else:
+            try:
+                header = jwt.get_unverified_header(token)
+            except jwt.PyJWTError:
+                raise TokenInvalid("malformed token") from None
+            named = header.get("alg")
+            if not isinstance(named, str) or named not in self.algorithms:
+                raise TokenInvalid(f"algorithm {named!r} is not accepted")
+            alg = named
         try:
             payload: dict[str, Any] = jwt.decode(
                 token,
@@ -159,6 +165,8 @@ class TokenVerifier:
                     "verify_iss": self.issuer is not None,
                 },
             )
+        except jwt.InvalidAlgorithmError:
+            raise TokenInvalid("the token's algorithm is not accepted") from None
         except jwt.ExpiredSignatureError:
             raise TokenExpired("token has expired") from None
         except jwt.ImmatureSignatureError:

@@ -26,7 +26,11 @@ def split_commas(value: object) -> object:
 class RealtimeSettings(BaseSettings):
     """The contract's shared variables; each service subclasses this."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    # env_ignore_empty: `JWT_AUDIENCE=` (as compose passes an unset variable) means unset,
+    # not "check for an empty audience".
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", populate_by_name=True, env_ignore_empty=True
+    )
 
     amqp_url: str = DEFAULT_AMQP_URL
     realtime_exchange: str = DEFAULT_EXCHANGE
