@@ -118,5 +118,9 @@ async def test_dev_token_and_demo_config_exist_in_dev_mode(edge: EdgeProcess) ->
         config = (await http.get("/demo/config.json")).json()
         assert config == {"notifications_url": "http://localhost:8081"}
         assert (await http.get("/")).status_code == 200
+        client_js = await http.get("/static/realtime.js")
+        assert "javascript" in client_js.headers["content-type"]
+        types = await http.get("/static/realtime.d.ts")
+        assert types.headers["content-type"].startswith("application/typescript")
     async with websockets.connect(edge.ws_url(token=issued["token"])) as ws:
         assert (await recv_frame(ws))["data"]["user_id"] == "carol"  # type: ignore[index]

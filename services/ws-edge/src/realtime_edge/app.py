@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import mimetypes
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ def create_app(settings: EdgeSettings, verifier: TokenVerifier | None = None) ->
             return _error(403, "FORBIDDEN", f"the {PERMISSION_ADMIN!r} permission is required")
         return JSONResponse(node.hub.summary())
 
+    # The client's `.d.ts` would otherwise be served as MPEG transport stream (video/mp2t).
+    mimetypes.add_type("application/typescript", ".ts")
     routes: list[Route | Mount] = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
