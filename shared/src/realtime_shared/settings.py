@@ -26,11 +26,7 @@ def split_commas(value: object) -> object:
 class RealtimeSettings(BaseSettings):
     """The contract's shared variables; each service subclasses this."""
 
-    # env_ignore_empty: `JWT_AUDIENCE=` (as compose passes an unset variable) means unset,
-    # not "check for an empty audience".
-    model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", populate_by_name=True, env_ignore_empty=True
-    )
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
     amqp_url: str = DEFAULT_AMQP_URL
     realtime_exchange: str = DEFAULT_EXCHANGE
@@ -42,6 +38,13 @@ class RealtimeSettings(BaseSettings):
     dev: bool = Field(default=False, description="use the public dev key when JWT_SECRET is unset")
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("jwt_secret", "jwt_public_key", "jwt_audience", "jwt_issuer", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `JWT_AUDIENCE=` (as compose passes an unset variable) means unset, not "check
+        # for an empty audience"; other settings may use "" on purpose, so only these.
+        return None if value == "" else value
 
     @field_validator("jwt_algorithms", mode="before")
     @classmethod
