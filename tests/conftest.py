@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from support.db import scratch_database
+from support.missing import missing
 
 from realtime_shared.auth import issue_token
 from realtime_shared.settings import DEV_JWT_SECRET
@@ -23,10 +25,7 @@ TEST_SECRET = DEV_JWT_SECRET
 
 
 def _missing(what: str) -> None:
-    reason = f"{what} is not available: set its URL or start a Docker engine"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: a missing service is a failure)")
-    pytest.skip(reason)
+    missing(f"{what} is not available: set its URL or start a Docker engine")
 
 
 def _pings(sock: socket.socket) -> bool:
@@ -98,29 +97,6 @@ def postgres_url() -> Iterator[str]:
         yield container.get_connection_url()
 
 
-async def _fresh_postgres_database(server_url: str) -> tuple[str, str]:
-    import asyncpg
-
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base = server_url.rsplit("/", 1)[0]
-    return name, f"{base}/{name}"
-
-
-async def _drop_postgres_database(server_url: str, name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """An empty database as an SQLAlchemy async URL: SQLite (temp file), then PostgreSQL."""
@@ -128,11 +104,8 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield f"sqlite+aiosqlite:///{tmp_path / 'notifications.db'}"
         return
     server_url: str = request.getfixturevalue("postgres_url")
-    name, url = await _fresh_postgres_database(server_url)
-    try:
-        yield url.replace("postgresql://", "postgresql+asyncpg://", 1)
-    finally:
-        await _drop_postgres_database(server_url, name)
+    async with scratch_database(server_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
-import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
+from support.db import create_database, drop_database
 from support.ops import (
     ProxyFiles,
     clean_env,
@@ -106,22 +106,6 @@ def wait_ready(port: int, log: Path) -> None:
     raise AssertionError(f"127.0.0.1:{port} not ready in {STARTUP_S} s:\n{log.read_text()}")
 
 
-async def create_database(server_url: str, name: str) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
-async def drop_database(server_url: str, name: str) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 async def delete_exchange(amqp_url: str, name: str) -> None:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
@@ -132,11 +116,9 @@ async def delete_exchange(amqp_url: str, name: str) -> None:
 @pytest.fixture(scope="module")
 def database(postgres_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database for the module's one stack (started once: ~10 s)."""
-    name = f"ops_{uuid.uuid4().hex[:12]}"
-    asyncio.run(create_database(postgres_url, name))
-    base = postgres_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    name, url = asyncio.run(create_database(postgres_url, prefix="ops"))
     try:
-        yield f"{base}/{name}"
+        yield url
     finally:
         asyncio.run(drop_database(postgres_url, name))
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from playwright.async_api import Browser, async_playwright
 
+from support.missing import missing
 from support.notifications import free_port
 
 BIN = Path(sys.executable).parent
@@ -112,10 +112,7 @@ def require_chromium() -> None:
     """Skip without the browser, except under CI=true, where its absence is a failure."""
     if Path(CHROMIUM).exists():
         return
-    message = f"{CHROMIUM} is missing (scripts/ci-setup/20-browser.sh installs it)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(f"{CHROMIUM} is missing (scripts/ci-setup/20-browser.sh installs it)")
 
 
 def chromium_launch_options() -> dict[str, Any]:

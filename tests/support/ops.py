@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from docker.utils.build import exclude_paths  # type: ignore[import-untyped]
+
+from support.missing import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
@@ -47,10 +48,7 @@ def require_tool(name: str) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
     if path:
         return path
-    reason = f"{name} is not installed (scripts/ci-setup/10-ops-tools.sh installs it)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}; CI=true: a missing tool is a failure")
-    pytest.skip(reason)
+    missing(f"{name} is not installed (scripts/ci-setup/10-ops-tools.sh installs it)")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import argparse
+import sys
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
@@ -55,3 +57,28 @@ class RealtimeSettings(BaseSettings):
         if self.jwt_secret is not None:
             return self.jwt_secret.get_secret_value()
         return DEV_JWT_SECRET if self.dev else None
+
+
+SettingsT = TypeVar("SettingsT", bound=RealtimeSettings)
+
+
+def add_process_arguments(parser: argparse.ArgumentParser, *, port: int) -> None:
+    """The options every service process takes (the contract's `--host` and `--port`)."""
+    parser.add_argument("--host", default="0.0.0.0", help="bind address (0.0.0.0)")
+    parser.add_argument("--port", type=int, default=port, help=f"bind port ({port})")
+    parser.add_argument("--dev", action="store_true", help="development mode (insecure dev key)")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING... (LOG_LEVEL)")
+
+
+def settings_from_args(cls: type[SettingsT], args: argparse.Namespace, prog: str) -> SettingsT:
+    """The environment with the command line on top; exit 2, saying why, if invalid."""
+    overrides: dict[str, object] = {}
+    if args.dev:
+        overrides["dev"] = True
+    if args.log_level:
+        overrides["log_level"] = args.log_level.upper()
+    try:
+        return cls(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        print(f"{prog}: invalid settings:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None

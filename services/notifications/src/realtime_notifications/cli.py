@@ -9,6 +9,7 @@ import sys
 from realtime_notifications.settings import NotificationsSettings
 from realtime_shared.auth import KeyConfigError
 from realtime_shared.logs import configure_logging, uvicorn_log_config
+from realtime_shared.settings import add_process_arguments, settings_from_args
 
 DEFAULT_PORT = 8081
 
@@ -27,23 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="serve",
         help="serve (default), or migrate: apply the database migrations and exit",
     )
-    parser.add_argument("--host", default="0.0.0.0", help="bind address (0.0.0.0)")
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"bind port ({DEFAULT_PORT})"
-    )
-    parser.add_argument("--dev", action="store_true", help="development mode (insecure dev key)")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING... (LOG_LEVEL)")
+    add_process_arguments(parser, port=DEFAULT_PORT)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides: dict[str, object] = {}
-    if args.dev:
-        overrides["dev"] = True
-    if args.log_level:
-        overrides["log_level"] = args.log_level.upper()
-    settings = NotificationsSettings(**overrides)  # type: ignore[arg-type]
+    settings = settings_from_args(NotificationsSettings, args, "notifications-service")
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))

@@ -11,7 +11,6 @@ import socket
 import sys
 
 import uvicorn
-from pydantic import ValidationError
 
 from realtime_edge.app import create_app
 from realtime_edge.node import Node
@@ -19,6 +18,7 @@ from realtime_edge.settings import EdgeSettings
 from realtime_edge.wsprotocol import EdgeWebSocketProtocol, QuietAccepts
 from realtime_shared.auth import KeyConfigError
 from realtime_shared.logs import configure_logging, uvicorn_log_config
+from realtime_shared.settings import add_process_arguments, settings_from_args
 
 DRAIN_TIMEOUT = 3
 """How long SIGTERM waits for clients to acknowledge the 1001 close before exiting anyway."""
@@ -65,25 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ws-edge",
         description="Run the realtime WebSocket edge (settings from the environment and .env).",
     )
-    parser.add_argument("--host", default="0.0.0.0", help="bind address (0.0.0.0)")
-    parser.add_argument("--port", type=int, default=8080, help="bind port (8080)")
-    parser.add_argument("--dev", action="store_true", help="development mode (insecure dev key)")
-    parser.add_argument("--log-level", default=None, help="override LOG_LEVEL (INFO)")
+    add_process_arguments(parser, port=8080)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides: dict[str, object] = {}
-    if args.dev:
-        overrides["dev"] = True
-    if args.log_level:
-        overrides["log_level"] = args.log_level.upper()
-    try:
-        settings = EdgeSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        print(f"ws-edge: invalid settings:\n{exc}", file=sys.stderr)
-        return 2
+    settings = settings_from_args(EdgeSettings, args, "ws-edge")
     configure_logging(settings.log_level, settings.log_format)
     try:
         app = create_app(settings)
