@@ -342,3 +342,22 @@ async def test_concurrent_retries_with_one_key_create_one_notification(
     assert len((await client.get(BASE, headers=auth("alice"))).json()) == 1
     await until_metric(client, "notifications_outbox_backlog", 0)
     assert len(publisher.published) == 1
+
+
+async def test_a_burst_of_concurrent_writes_all_commit_and_each_publishes_once(
+    client: httpx.AsyncClient, auth: Auth, publisher: FakePublisher
+) -> None:
+    # On SQLite the writes queue for its one writer thread: none may fail as "locked".
+    created = await asyncio.gather(*(create(client, auth, title=str(i)) for i in range(60)))
+    ids = [str(n["id"]) for n in created]
+    changed = await asyncio.gather(
+        *(client.post(f"{BASE}/{i}/read", headers=auth("alice")) for i in ids[:30])
+    )
+
+    assert {r.status_code for r in changed} == {200}
+    unread = await client.get(f"{BASE}/unread-count", headers=auth("alice"))
+    assert unread.json() == {"count": 30}
+    events = await publisher.wait_for(90)
+    assert sorted(e.data["notification_id"] for e in events) == sorted(ids + ids[:30])
+    read_events = [e for e in events if e.event == "notification.read"]
+    assert {e.data["notification_id"] for e in read_events} == set(ids[:30])

@@ -4,70 +4,66 @@ With a million rows, a plan that sorts or scans the table is what a user would f
 checking the plan of the repository's own SQL keeps that true as queries change.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
 
-from realtime_notifications.db import create_engine, is_sqlite, migrate
+from realtime_notifications.db import Database, open_database
 from realtime_notifications.repository import NotificationRepository
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
+async def database(database_url: str) -> AsyncIterator[Database]:
+    database = open_database(database_url)
+    await database.migrate()
+    yield database
+    await database.dispose()
 
 
-async def _captured(conn: AsyncConnection, call: Any) -> tuple[str, Any]:
+async def _plan_of(database: Database, call: Callable[[NotificationRepository], Any]) -> str:
+    """The query plan of the last statement `call` runs through the repository."""
     seen: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
         seen.append((statement, params))
 
-    sync_engine = conn.sync_engine
-    sa.event.listen(sync_engine, "before_cursor_execute", capture)
-    try:
-        await call(NotificationRepository(conn))
-    finally:
-        sa.event.remove(sync_engine, "before_cursor_execute", capture)
-    assert seen, "the repository ran no SQL"
-    return seen[-1]
+    def plan(conn: Connection) -> str:
+        sa.event.listen(database.sync_engine, "before_cursor_execute", capture)
+        try:
+            call(NotificationRepository(conn))
+        finally:
+            sa.event.remove(database.sync_engine, "before_cursor_execute", capture)
+        assert seen, "the repository ran no SQL"
+        statement, params = seen[-1]
+        if database.dialect == "sqlite":
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params)
+            return "\n".join(str(row[-1]) for row in rows)
+        # Few rows here: forbid the sequential scan so the plan shows what a big table gets.
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        rows = conn.exec_driver_sql(f"EXPLAIN {statement}", params)
+        return "\n".join(str(row[0]) for row in rows)
 
-
-async def _plan(engine: AsyncEngine, conn: AsyncConnection, statement: str, params: Any) -> str:
-    if is_sqlite(engine):
-        rows = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params)
-        return "\n".join(str(row[-1]) for row in rows)
-    # Few rows here: forbid the sequential scan so the plan shows what a big table gets.
-    await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-    rows = await conn.exec_driver_sql(f"EXPLAIN {statement}", params)
-    return "\n".join(str(row[0]) for row in rows)
+    return await database.write(plan)
 
 
 @pytest.mark.parametrize("unread_only", [True, False])
 async def test_newest_first_list_uses_an_index_and_no_sort(
-    engine: AsyncEngine, unread_only: bool
+    database: Database, unread_only: bool
 ) -> None:
-    async with engine.begin() as conn:
-        statement, params = await _captured(
-            conn, lambda repo: repo.list("alice", limit=25, offset=0, unread_only=unread_only)
-        )
-        plan = await _plan(engine, conn, statement, params)
+    plan = await _plan_of(
+        database, lambda repo: repo.list("alice", limit=25, offset=0, unread_only=unread_only)
+    )
     assert "INDEX" in plan.upper(), plan
     assert "TEMP B-TREE" not in plan.upper(), plan  # SQLite's sort step
     assert not any(line.strip().startswith("Sort") for line in plan.splitlines()), plan
 
 
-async def test_unread_count_uses_an_index(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        statement, params = await _captured(conn, lambda repo: repo.unread_count("alice"))
-        plan = await _plan(engine, conn, statement, params)
+async def test_unread_count_uses_an_index(database: Database) -> None:
+    plan = await _plan_of(database, lambda repo: repo.unread_count("alice"))
     assert "INDEX" in plan.upper(), plan
     assert "SCAN notifications\n" not in plan + "\n", plan

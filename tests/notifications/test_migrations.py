@@ -24,16 +24,17 @@ def _diff(connection: sa.Connection) -> list[object]:
 
 
 async def test_migrations_match_the_models_and_are_idempotent(database_url: str) -> None:
-    engine = db.create_engine(database_url)
+    database = db.open_database(database_url)
     try:
-        await db.migrate(engine)
-        await db.migrate(engine)  # a restart migrates again: nothing to do, no error
-        async with engine.connect() as conn:
-            assert await conn.run_sync(_diff) == []
-            version = await conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
-            assert version == "0001"
+        await database.migrate()
+        await database.migrate()  # a restart migrates again: nothing to do, no error
+        assert await database.read(_diff) == []
+        version = await database.read(
+            lambda conn: conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
+        )
+        assert version == "0001"
     finally:
-        await engine.dispose()
+        await database.dispose()
 
 
 def test_the_migrate_command_prepares_an_empty_database(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ import asyncio
 import aio_pika
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.engine import Connection
 
+from realtime_notifications.db import open_database
 from realtime_shared.envelope import Envelope
 from realtime_shared.routing import user_key
 
@@ -38,11 +39,13 @@ async def _next(queue: aio_pika.abc.AbstractQueue) -> bytes:
 
 
 async def test_database_url_is_an_empty_usable_database(database_url: str) -> None:
-    engine = create_async_engine(database_url)
+    def probe(conn: Connection) -> object:
+        conn.execute(sa.text("CREATE TABLE probe (id INTEGER PRIMARY KEY)"))
+        conn.execute(sa.text("INSERT INTO probe (id) VALUES (1)"))
+        return conn.execute(sa.text("SELECT count(*) FROM probe")).scalar()
+
+    database = open_database(database_url)
     try:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text("CREATE TABLE probe (id INTEGER PRIMARY KEY)"))
-            await conn.execute(sa.text("INSERT INTO probe (id) VALUES (1)"))
-            assert (await conn.execute(sa.text("SELECT count(*) FROM probe"))).scalar() == 1
+        assert await database.write(probe) == 1
     finally:
-        await engine.dispose()
+        await database.dispose()

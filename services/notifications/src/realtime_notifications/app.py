@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,13 +19,10 @@ from realtime_notifications.metrics import Metrics, RequestMetrics
 from realtime_notifications.relay import OutboxRelay
 from realtime_notifications.services import NotificationService
 from realtime_notifications.settings import NotificationsSettings
-from realtime_notifications.unit_of_work import UnitOfWork
+from realtime_notifications.unit_of_work import Transactions
 from realtime_shared.auth import TokenVerifier
 
 log = logging.getLogger(__name__)
-
-RELAY_POOL_SIZE = 2
-"""One connection for the relay's round, one spare for pruning or a reconnect."""
 
 
 def create_app(
@@ -42,27 +38,22 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = db.create_engine(settings.database_url, settings.database_pool_size)
-        # The relay's own connections: under load the API can hold every pooled one, and
-        # a relay queued behind requests would publish seconds late.
-        # Autocommit on PostgreSQL: each of its statements stands alone anyway (see outbox).
-        relay_engine = db.create_engine(settings.database_url, RELAY_POOL_SIZE, autocommit=True)
+        database = db.open_database(settings.database_url, settings.database_pool_size)
+        relay_database = database.for_relay()
         try:
-            await db.migrate(engine)
-            gate = db.WriteGate(engine)
+            await database.migrate()
             relay = OutboxRelay(
-                relay_engine,
+                relay_database,
                 events,
                 metrics,
-                gate,
                 poll_interval=settings.outbox_poll_interval,
                 batch_size=settings.outbox_batch_size,
                 retention=timedelta(seconds=settings.outbox_retention_seconds),
                 backoff_cap=settings.outbox_backoff_cap,
             )
-            app.state.engine = engine
+            app.state.database = database
             app.state.publisher = events
-            app.state.service = NotificationService(partial(UnitOfWork, engine, relay.wake, gate))
+            app.state.service = NotificationService(Transactions(database, relay.wake))
             relay.start()
             try:
                 yield
@@ -70,8 +61,8 @@ def create_app(
                 await relay.stop()
                 await events.close()
         finally:
-            await relay_engine.dispose()
-            await engine.dispose()
+            await relay_database.dispose()
+            await database.dispose()
 
     app = FastAPI(
         title="realtime notifications",
@@ -92,7 +83,7 @@ def create_app(
     async def readyz(request: Request) -> Response:
         problems = []
         try:
-            await db.ping(request.app.state.engine)
+            await request.app.state.database.ping()
         except Exception as exc:
             problems.append(f"database: {exc.__class__.__name__}")
         if not await request.app.state.publisher.is_connected():
@@ -104,9 +95,7 @@ def create_app(
     @app.get("/metrics", include_in_schema=False)
     async def prometheus(request: Request) -> Response:
         try:
-            async with request.app.state.engine.connect() as conn:
-                await conn.execution_options(**db.READ_ONLY)
-                metrics.observe_backlog(await outbox.backlog(conn))
+            metrics.observe_backlog(await request.app.state.database.read(outbox.backlog))
         except Exception:
             log.warning("metrics: cannot read the outbox backlog", exc_info=True)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
 async def _migrate(settings: NotificationsSettings) -> int:
     from realtime_notifications import db
 
-    engine = db.create_engine(settings.database_url)
+    database = db.open_database(settings.database_url)
     try:
-        await db.migrate(engine)
+        await database.migrate()
     finally:
-        await engine.dispose()
+        await database.dispose()
     print("notifications-service: database is at the newest schema", file=sys.stderr)
     return 0
 

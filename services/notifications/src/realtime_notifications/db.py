@@ -1,112 +1,242 @@
-"""The database: an async engine tuned per backend, and schema migrations (Alembic).
+"""The database: where a transaction runs, per backend, and schema migrations (Alembic).
 
-SQLite is the embedded default: WAL lets readers run beside the one writer, a
-busy timeout makes writers queue instead of failing, and every transaction
-starts with BEGIN IMMEDIATE so a reader never has to upgrade to a writer
-(the upgrade is where SQLite answers "database is locked" without waiting).
+Repositories are plain synchronous SQLAlchemy Core over a `Connection`; a use
+case hands its whole transaction to `Database.write` (or `read`) as one function.
+Where that function runs is this module's business:
+
+- **SQLite** (the embedded default) runs it on a thread of its own, in one hop:
+  every write on a single writer thread, so writers queue in FIFO order without
+  SQLite's busy handler, and the write lock is held only for the statements'
+  own time (never for the event loop's turns between them); reads on a few
+  reader threads beside it (WAL lets them run while the writer writes).
+- **PostgreSQL** runs it on the event loop through asyncpg (`run_sync`), each
+  statement a network round trip that other requests overlap with.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.util import await_
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+T = TypeVar("T")
+Work = Callable[[Connection], T]
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
-
-READ_ONLY_OPTION = "realtime_read_only"
-"""Execution option for connections that only read: on SQLite they take no lock, so they
-neither wait for nor block the writer (WAL); elsewhere it changes nothing."""
-READ_ONLY = {READ_ONLY_OPTION: True}
-WRITABLE = {READ_ONLY_OPTION: False}
 MIGRATION_LOCK_ID = 0x6E6F7469  # "noti": replicas starting together migrate one at a time
 
+_POOL = {
+    # No overflow: connections beyond the pool would be opened and closed per request
+    # under load; waiting briefly for a pooled one is cheaper.
+    "max_overflow": 0,
+    "pool_timeout": 10,
+    # No reset on return: every user ends its transaction, and closing a connection rolls
+    # back one left open, so the pool's extra ROLLBACK per checkout is a wasted round trip.
+    "pool_reset_on_return": None,
+}
 
-class WriteGate:
-    """Queues this process's SQLite writers in asyncio, FIFO, before they ask for the lock.
 
-    SQLite has one writer; a connection that finds the lock taken waits in its busy
-    handler, which sleeps in growing steps (1, 2, 5, 10... ms), so under concurrent
-    writes latency jumps by tens of milliseconds. PostgreSQL needs no gate.
-    """
+class Pinned(ABC):
+    """One connection kept across several steps (the relay's claim, publish, mark)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._lock = asyncio.Lock() if is_sqlite(engine) else None
+    @abstractmethod
+    async def run(self, work: Work[T]) -> T:
+        """Run `work` on this connection; it commits when `work` returns."""
+
+    @abstractmethod
+    async def invalidate(self) -> None:
+        """Drop the connection instead of pooling it (what it holds is unknown)."""
+
+
+class Database(ABC):
+    dialect: str
+    sync_engine: Engine
+    """The synchronous engine underneath, for SQLAlchemy events (tests watch the SQL)."""
+
+    @abstractmethod
+    async def write(self, work: Work[T]) -> T:
+        """Run `work` in one transaction: committed if it returns, rolled back if it raises."""
+
+    @abstractmethod
+    async def read(self, work: Work[T]) -> T:
+        """Run `work`, which only reads, without taking any write lock."""
+
+    @abstractmethod
+    def pinned(self) -> AbstractAsyncContextManager[Pinned]: ...
+
+    @abstractmethod
+    def for_relay(self) -> Database:
+        """The database the outbox relay uses, so API load cannot starve it."""
+
+    @abstractmethod
+    async def migrate(self) -> None:
+        """Bring the schema to the newest revision (idempotent; safe with replicas at once)."""
+
+    @abstractmethod
+    async def dispose(self) -> None: ...
+
+    async def ping(self) -> None:
+        await self.read(_select_one)
+
+
+def open_database(url: str, pool_size: int = 10) -> Database:
+    if make_url(url).get_backend_name() == "sqlite":
+        return SQLiteDatabase(url, readers=pool_size)
+    return ServerDatabase(url, pool_size)
+
+
+class SQLiteDatabase(Database):
+    """Python's sqlite3 on its own threads: one writer, `readers` readers (see the module)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, url: str, readers: int) -> None:
+        parsed = make_url(url)
+        if parsed.database in (None, "", ":memory:"):
+            raise ValueError("SQLite needs a file (sqlite+aiosqlite:///path.db): threads share it")
+        # `sqlite+aiosqlite://` is the contract's spelling; the threads here use sqlite3 itself.
+        self.engine = sa.create_engine(
+            parsed.set(drivername="sqlite"),
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            pool_size=readers + 1,
+            **_POOL,
+        )
+        event.listen(self.engine, "connect", _tune_sqlite)
+        self.sync_engine = self.engine
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="sqlite-reader")
+
+    async def write(self, work: Work[T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._write, work)
+
+    async def read(self, work: Work[T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self._read, work)
+
+    def _write(self, work: Work[T]) -> T:
+        with self.engine.connect() as conn:
+            # IMMEDIATE: take the write lock now, so a read inside `work` never has to
+            # upgrade to a write (the upgrade is where SQLite fails without waiting).
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            result = work(conn)
+            conn.commit()
+            return result
+
+    def _read(self, work: Work[T]) -> T:
+        # No BEGIN (the driver is in autocommit mode): each statement is its own snapshot.
+        with self.engine.connect() as conn:
+            return work(conn)
 
     @asynccontextmanager
-    async def __call__(self) -> AsyncIterator[None]:
-        if self._lock is None:
-            yield
-            return
-        async with self._lock:
-            yield
+    async def pinned(self) -> AsyncIterator[Pinned]:
+        yield _WriterSteps(self)
+
+    def for_relay(self) -> Database:
+        # The same writer thread: the relay's steps queue in order with the writes that
+        # made its events, and readers busy with API queries cannot delay it.
+        return self
+
+    async def migrate(self) -> None:
+        await self.write(_upgrade)
+
+    async def dispose(self) -> None:
+        # Idempotent: the API and the relay share this database.
+        for executor in (self._writer, self._readers):
+            await asyncio.to_thread(executor.shutdown)
+        self.engine.dispose()
 
 
-def is_sqlite(engine: AsyncEngine) -> bool:
-    return engine.dialect.name == "sqlite"
+class _WriterSteps(Pinned):
+    """SQLite's relay steps: each its own transaction on the writer thread."""
+
+    def __init__(self, database: SQLiteDatabase) -> None:
+        self._database = database
+
+    async def run(self, work: Work[T]) -> T:
+        return await self._database.write(work)
+
+    async def invalidate(self) -> None:
+        """Nothing to drop: no step leaves anything open."""
 
 
-def create_engine(url: str, pool_size: int = 10, *, autocommit: bool = False) -> AsyncEngine:
-    """`autocommit` (ignored on SQLite, whose transactions `_tune_sqlite` owns): every
-    statement commits alone, saving the BEGIN and COMMIT round trips."""
-    # No overflow: connections beyond the pool would be opened and closed per request
-    # under load (a thread per SQLite connection, a TCP+auth handshake per PostgreSQL
-    # one); waiting briefly for a pooled connection is cheaper.
-    # No reset on return: every user ends its transaction, and Connection.close() rolls
-    # back one left open, so the pool's extra ROLLBACK per checkout is a wasted round trip.
-    pool = {
-        "pool_size": pool_size,
-        "max_overflow": 0,
-        "pool_timeout": 10,
-        "pool_reset_on_return": None,
-    }
-    if url.startswith("sqlite"):
-        timeout = SQLITE_BUSY_TIMEOUT_MS / 1000
-        engine = create_async_engine(url, connect_args={"timeout": timeout}, **pool)
-        _tune_sqlite(engine)
-        return engine
-    if autocommit:
-        return create_async_engine(url, isolation_level="AUTOCOMMIT", **pool)
-    return create_async_engine(url, **pool)
+def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # Transaction control is ours (`BEGIN IMMEDIATE` above), not the driver's.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
 
 
-def _tune_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control from the driver so "begin" below decides how to start.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.close()
+class ServerDatabase(Database):
+    """PostgreSQL through asyncpg; `autocommit`: every statement commits alone."""
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        # Readers issue no BEGIN at all: each of their statements is its own snapshot
-        # (they run one query each), and it saves a round trip to the driver's thread.
-        if connection.get_execution_options().get(READ_ONLY_OPTION, False):
-            return
-        # Straight to aiosqlite: one hop to its thread, where a statement through
-        # SQLAlchemy's cursor takes three (open, execute, close the cursor).
-        driver = connection.connection.driver_connection
-        assert driver is not None  # inside "begin" the connection is checked out
-        try:
-            await_(driver.execute("BEGIN IMMEDIATE"))
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, sqlite3.Error) from exc
+    def __init__(self, url: str, pool_size: int, *, autocommit: bool = False) -> None:
+        self._url = url
+        options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+        self.engine: AsyncEngine = create_async_engine(url, pool_size=pool_size, **_POOL, **options)
+        self.dialect = self.engine.dialect.name
+        self.sync_engine = self.engine.sync_engine
+
+    async def write(self, work: Work[T]) -> T:
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(work)
+
+    async def read(self, work: Work[T]) -> T:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(work)
+
+    @asynccontextmanager
+    async def pinned(self) -> AsyncIterator[Pinned]:
+        async with self.engine.connect() as conn:
+            yield _Connection(conn)
+
+    def for_relay(self) -> Database:
+        # Its own two connections: under load the API can hold every pooled one, and a
+        # relay queued behind requests would publish seconds late. Autocommit: each of
+        # its statements stands alone anyway (see outbox).
+        return ServerDatabase(self._url, RELAY_POOL_SIZE, autocommit=True)
+
+    async def migrate(self) -> None:
+        async with self.engine.begin() as conn:
+            # Transaction-scoped: released at commit, after the DDL is visible to others.
+            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_ID)))
+            await conn.run_sync(_upgrade)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+RELAY_POOL_SIZE = 2
+"""One connection for the relay's round, one spare for pruning or a reconnect."""
+
+
+class _Connection(Pinned):
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def run(self, work: Work[T]) -> T:
+        result = await self._conn.run_sync(work)
+        await self._conn.commit()
+        return result
+
+    async def invalidate(self) -> None:
+        await self._conn.invalidate()
+
+
+def _select_one(conn: Connection) -> None:
+    conn.execute(sa.text("SELECT 1"))
 
 
 def alembic_config() -> Config:
@@ -115,22 +245,7 @@ def alembic_config() -> Config:
     return config
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision (idempotent; safe with replicas starting at once)."""
-    async with engine.begin() as conn:
-        if not is_sqlite(engine):
-            # Transaction-scoped: released at commit, after the DDL is visible to others.
-            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_ID)))
-        await conn.run_sync(_upgrade)
-
-
 def _upgrade(connection: Connection) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
-
-
-async def ping(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
-        await conn.execution_options(**READ_ONLY)
-        await conn.execute(sa.text("SELECT 1"))

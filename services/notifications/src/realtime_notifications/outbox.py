@@ -19,14 +19,20 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from realtime_notifications.domain import Event, utcnow
 from realtime_notifications.models import outbox
 
 USER_LOCK_NAMESPACE = 0x6F757462  # "outb": first key of pg_try_advisory_lock(int, int)
 
-_INSERT = outbox.insert()  # built once: values go in as parameters
+# Built once, values passed as parameters: no statement to build and key per execution.
+_INSERT = outbox.insert()
+_MARK_SENT = (
+    outbox.update()
+    .where(outbox.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(sent_at=sa.bindparam("now", type_=outbox.c.sent_at.type))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +50,8 @@ class Backlog:
     oldest: datetime | None
 
 
-async def add(conn: AsyncConnection, event: Event) -> None:
-    await conn.execute(
+def add(conn: Connection, event: Event) -> None:
+    conn.execute(
         _INSERT,
         {
             "event_id": event.id,
@@ -57,14 +63,14 @@ async def add(conn: AsyncConnection, event: Event) -> None:
     )
 
 
-async def claim(conn: AsyncConnection, limit: int) -> list[PendingEvent]:
+def claim(conn: Connection, limit: int) -> list[PendingEvent]:
     """Pending events this relay may publish now, in id (commit) order per user.
 
     On PostgreSQL the caller must `release` on the same connection afterwards.
     """
     pending: sa.ColumnElement[bool] = outbox.c.sent_at.is_(None)
     if conn.dialect.name != "sqlite":
-        users = await _lock_users(conn, limit)
+        users = _lock_users(conn, limit)
         if not users:
             return []
         pending = pending & outbox.c.user_id.in_(users)
@@ -76,10 +82,10 @@ async def claim(conn: AsyncConnection, limit: int) -> list[PendingEvent]:
         .order_by(outbox.c.id)
         .limit(limit)
     )
-    return [PendingEvent(*row) for row in await conn.execute(query)]
+    return [PendingEvent(*row) for row in conn.execute(query)]
 
 
-async def _lock_users(conn: AsyncConnection, limit: int) -> list[str]:
+def _lock_users(conn: Connection, limit: int) -> list[str]:
     first = sa.func.min(outbox.c.id).label("first")
     candidates = (
         sa.select(outbox.c.user_id, first)
@@ -92,26 +98,26 @@ async def _lock_users(conn: AsyncConnection, limit: int) -> list[str]:
     # it), so only these candidates are tried, each once; a user held elsewhere is skipped.
     chosen = candidates.subquery()
     lock = sa.func.pg_try_advisory_lock(USER_LOCK_NAMESPACE, sa.func.hashtext(chosen.c.user_id))
-    return list((await conn.execute(sa.select(chosen.c.user_id).where(lock))).scalars())
+    return list((conn.execute(sa.select(chosen.c.user_id).where(lock))).scalars())
 
 
-async def release(conn: AsyncConnection) -> None:
+def release(conn: Connection) -> None:
     if conn.dialect.name != "sqlite":
-        await conn.execute(sa.select(sa.func.pg_advisory_unlock_all()))
+        conn.execute(sa.select(sa.func.pg_advisory_unlock_all()))
 
 
-async def mark_sent(conn: AsyncConnection, ids: Sequence[int], now: datetime | None = None) -> None:
-    await conn.execute(outbox.update().where(outbox.c.id.in_(ids)).values(sent_at=now or utcnow()))
+def mark_sent(conn: Connection, ids: Sequence[int], now: datetime | None = None) -> None:
+    conn.execute(_MARK_SENT, {"ids": list(ids), "now": now or utcnow()})
 
 
-async def prune(conn: AsyncConnection, before: datetime) -> int:
-    result = await conn.execute(outbox.delete().where(outbox.c.sent_at < before))
+def prune(conn: Connection, before: datetime) -> int:
+    result = conn.execute(outbox.delete().where(outbox.c.sent_at < before))
     return result.rowcount
 
 
-async def backlog(conn: AsyncConnection) -> Backlog:
+def backlog(conn: Connection) -> Backlog:
     query = sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(
         outbox.c.sent_at.is_(None)
     )
-    size, oldest = (await conn.execute(query)).one()
+    size, oldest = (conn.execute(query)).one()
     return Backlog(int(size), oldest)

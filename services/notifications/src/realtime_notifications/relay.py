@@ -14,13 +14,14 @@ import logging
 import time
 from collections import defaultdict
 from datetime import timedelta
+from functools import partial
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import Connection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from realtime_notifications import outbox
 from realtime_notifications.broker import EventPublisher
-from realtime_notifications.db import READ_ONLY, WRITABLE, WriteGate
+from realtime_notifications.db import Database
 from realtime_notifications.domain import utcnow
 from realtime_notifications.metrics import Metrics
 from realtime_notifications.repository import IdempotencyRepository
@@ -40,18 +41,16 @@ PRUNE_INTERVAL = 60.0
 class OutboxRelay:
     def __init__(
         self,
-        engine: AsyncEngine,
+        database: Database,
         publisher: EventPublisher,
         metrics: Metrics,
-        gate: WriteGate,
         *,
         poll_interval: float,
         batch_size: int,
         retention: timedelta,
         backoff_cap: float,
     ) -> None:
-        self._engine = engine
-        self._gate = gate
+        self._database = database
         self._publisher = publisher
         self._metrics = metrics
         self._poll_interval = poll_interval
@@ -130,25 +129,20 @@ class OutboxRelay:
                 return total
 
     async def _publish_batch(self) -> int:
-        async with self._engine.connect() as conn:
+        sent: list[int] = []
+        async with self._database.pinned() as conn:
             try:
-                await conn.execution_options(**READ_ONLY)
-                events = await outbox.claim(conn, self._batch_size)
-                await conn.commit()  # publish outside any open transaction
-                await conn.execution_options(**WRITABLE)
-                sent: list[int] = []
+                events = await conn.run(partial(outbox.claim, limit=self._batch_size))
                 try:
                     await self._publish_per_user(events, sent)
                 finally:
                     if sent:
-                        async with self._gate():
-                            await outbox.mark_sent(conn, sent)
-                            await conn.commit()
-                        self._metrics.published.inc(len(sent))
+                        confirmed = list(sent)
+                        await conn.run(partial(outbox.mark_sent, ids=confirmed))
+                        self._metrics.published.inc(len(confirmed))
             finally:
                 try:
-                    await outbox.release(conn)
-                    await conn.commit()
+                    await conn.run(outbox.release)
                 except Exception:
                     # Closing the session is what releases its advisory locks, then.
                     await conn.invalidate()
@@ -179,9 +173,11 @@ class OutboxRelay:
             return
         self._last_prune = now
         before = utcnow() - self._retention
-        async with self._gate(), self._engine.begin() as conn:
-            pruned = await outbox.prune(conn, before)
+
+        def prune(conn: Connection) -> tuple[int, int]:
             # Idempotency keys share the retention: a retry later than that is a new request.
-            keys = await IdempotencyRepository(conn).prune(before)
+            return outbox.prune(conn, before), IdempotencyRepository(conn).prune(before)
+
+        pruned, keys = await self._database.write(prune)
         if pruned or keys:
             log.info("pruned %d sent events and %d idempotency keys", pruned, keys)

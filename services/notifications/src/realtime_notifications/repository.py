@@ -1,4 +1,7 @@
-"""Notification rows and idempotency keys, read and written on the unit of work's connection."""
+"""Notification rows and idempotency keys, read and written on the unit of work's connection.
+
+Plain synchronous SQLAlchemy Core: `db.Database` decides where a transaction runs.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from realtime_notifications.domain import Notification, Severity
 from realtime_notifications.models import idempotency_keys, notifications
@@ -53,13 +56,13 @@ def _to_row(n: Notification) -> dict[str, Any]:
 
 
 class NotificationRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def add(self, n: Notification) -> None:
-        await self._conn.execute(_INSERT_NOTIFICATION, _to_row(n))
+    def add(self, n: Notification) -> None:
+        self._conn.execute(_INSERT_NOTIFICATION, _to_row(n))
 
-    async def get(
+    def get(
         self, user_id: str, notification_id: str, *, for_update: bool = False
     ) -> Notification | None:
         query = sa.select(*_COLUMNS).where(
@@ -67,43 +70,43 @@ class NotificationRepository:
         )
         if for_update:
             query = query.with_for_update()  # ignored by SQLite, whose writers are serial anyway
-        row = (await self._conn.execute(query)).first()
+        row = (self._conn.execute(query)).first()
         return None if row is None else _to_domain(row)
 
-    async def save(self, n: Notification) -> None:
-        await self._conn.execute(
+    def save(self, n: Notification) -> None:
+        self._conn.execute(
             notifications.update()
             .where(notifications.c.id == n.id)
             .values(is_read=n.is_read, read_at=n.read_at, updated_at=n.updated_at)
         )
 
-    async def delete(self, user_id: str, notification_id: str) -> bool:
-        result = await self._conn.execute(
+    def delete(self, user_id: str, notification_id: str) -> bool:
+        result = self._conn.execute(
             notifications.delete().where(
                 notifications.c.id == notification_id, notifications.c.user_id == user_id
             )
         )
         return result.rowcount > 0
 
-    async def list(
+    def list(
         self, user_id: str, *, limit: int, offset: int, unread_only: bool
     ) -> list[Notification]:
         query = sa.select(*_COLUMNS).where(notifications.c.user_id == user_id)
         if unread_only:
             query = query.where(notifications.c.is_read.is_(False))
         query = query.order_by(notifications.c.seq.desc()).limit(limit).offset(offset)
-        return [_to_domain(row) for row in await self._conn.execute(query)]
+        return [_to_domain(row) for row in self._conn.execute(query)]
 
-    async def unread_count(self, user_id: str) -> int:
+    def unread_count(self, user_id: str) -> int:
         query = (
             sa.select(sa.func.count())
             .select_from(notifications)
             .where(notifications.c.user_id == user_id, notifications.c.is_read.is_(False))
         )
-        return int((await self._conn.execute(query)).scalar_one())
+        return int((self._conn.execute(query)).scalar_one())
 
-    async def mark_all_read(self, user_id: str, now: datetime) -> int:
-        result = await self._conn.execute(
+    def mark_all_read(self, user_id: str, now: datetime) -> int:
+        result = self._conn.execute(
             notifications.update()
             .where(notifications.c.user_id == user_id, notifications.c.is_read.is_(False))
             .values(is_read=True, read_at=now, updated_at=now)
@@ -114,24 +117,24 @@ class NotificationRepository:
 class IdempotencyRepository:
     """First responses of `POST` requests, by (caller, Idempotency-Key)."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def get(self, caller: str, key: str) -> bytes | None:
+    def get(self, caller: str, key: str) -> bytes | None:
         query = sa.select(idempotency_keys.c.response).where(
             idempotency_keys.c.caller == caller, idempotency_keys.c.key == key
         )
-        return (await self._conn.execute(query)).scalar_one_or_none()
+        return (self._conn.execute(query)).scalar_one_or_none()
 
-    async def add(self, caller: str, key: str, response: bytes, now: datetime) -> None:
+    def add(self, caller: str, key: str, response: bytes, now: datetime) -> None:
         """Raises `sqlalchemy.exc.IntegrityError` when a concurrent request stored it first."""
-        await self._conn.execute(
+        self._conn.execute(
             _INSERT_IDEMPOTENCY_KEY,
             {"caller": caller, "key": key, "response": response, "created_at": now},
         )
 
-    async def prune(self, before: datetime) -> int:
-        result = await self._conn.execute(
+    def prune(self, before: datetime) -> int:
+        result = self._conn.execute(
             idempotency_keys.delete().where(idempotency_keys.c.created_at < before)
         )
         return result.rowcount

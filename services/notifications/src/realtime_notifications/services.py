@@ -1,8 +1,7 @@
-"""The use cases. Each runs in one unit of work, so a state change and its event commit together."""
+"""The use cases. Each write is one unit of work: a state change and its event commit together."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import orjson
@@ -16,7 +15,7 @@ from realtime_notifications.domain import (
     Severity,
     utcnow,
 )
-from realtime_notifications.unit_of_work import UnitOfWork
+from realtime_notifications.unit_of_work import Transactions, UnitOfWork
 from realtime_shared.auth import PERMISSION_MANAGE_NOTIFICATIONS, Claims
 from realtime_shared.envelope import JsonObject
 
@@ -33,9 +32,8 @@ class NewNotification:
 
 
 class NotificationService:
-    def __init__(self, uow: Callable[..., UnitOfWork]) -> None:
-        """`uow(read_only=True)` must give a unit of work for queries only."""
-        self._uow = uow
+    def __init__(self, transactions: Transactions) -> None:
+        self._tx = transactions
 
     async def create(
         self, caller: Claims, new: NewNotification, idempotency_key: str | None = None
@@ -46,34 +44,37 @@ class NotificationService:
                 f"creating notifications needs {PERMISSION_MANAGE_NOTIFICATIONS}"
             )
         if idempotency_key is not None:
-            async with self._uow(read_only=True) as uow:
-                first = await uow.idempotency.get(caller.sub, idempotency_key)
+            first = await self._first_response(caller, idempotency_key)
             if first is not None:
-                return _loads(first)
+                return first
         now = utcnow()
         n = Notification.new(**asdict(new), now=now)
         body = n.to_dict()
+
+        def write(uow: UnitOfWork) -> None:
+            uow.notifications.add(n)
+            if idempotency_key is not None:
+                uow.idempotency.add(caller.sub, idempotency_key, orjson.dumps(body), now)
+            uow.publish(domain.created(n, now))
+
         try:
-            async with self._uow() as uow:
-                await uow.notifications.add(n)
-                if idempotency_key is not None:
-                    await uow.idempotency.add(caller.sub, idempotency_key, orjson.dumps(body), now)
-                await uow.publish(domain.created(n, now))
-                await uow.commit()
+            await self._tx.write(write)
         except IntegrityError:
             if idempotency_key is None:
                 raise
             # A concurrent retry with the same key committed first: answer with its result.
-            async with self._uow(read_only=True) as uow:
-                first = await uow.idempotency.get(caller.sub, idempotency_key)
+            first = await self._first_response(caller, idempotency_key)
             if first is None:
                 raise
-            return _loads(first)
+            return first
         return body
 
+    async def _first_response(self, caller: Claims, key: str) -> JsonObject | None:
+        raw = await self._tx.read(lambda uow: uow.idempotency.get(caller.sub, key))
+        return None if raw is None else _loads(raw)
+
     async def get(self, caller: Claims, notification_id: str) -> Notification:
-        async with self._uow(read_only=True) as uow:
-            n = await uow.notifications.get(caller.sub, notification_id)
+        n = await self._tx.read(lambda uow: uow.notifications.get(caller.sub, notification_id))
         if n is None:
             raise NotificationNotFound(notification_id)
         return n
@@ -81,14 +82,14 @@ class NotificationService:
     async def list(
         self, caller: Claims, *, limit: int, offset: int, unread_only: bool
     ) -> list[Notification]:
-        async with self._uow(read_only=True) as uow:
-            return await uow.notifications.list(
+        return await self._tx.read(
+            lambda uow: uow.notifications.list(
                 caller.sub, limit=limit, offset=offset, unread_only=unread_only
             )
+        )
 
     async def unread_count(self, caller: Claims) -> int:
-        async with self._uow(read_only=True) as uow:
-            return await uow.notifications.unread_count(caller.sub)
+        return await self._tx.read(lambda uow: uow.notifications.unread_count(caller.sub))
 
     async def mark_read(self, caller: Claims, notification_id: str) -> Notification:
         return await self._change(caller, notification_id, read=True)
@@ -100,31 +101,37 @@ class NotificationService:
         # Every call emits its event, even when the flag was already set: clients may
         # have missed the first one, and the event is the confirmation they wait for.
         now = utcnow()
-        async with self._uow() as uow:
-            n = await uow.notifications.get(caller.sub, notification_id, for_update=True)
+
+        def write(uow: UnitOfWork) -> Notification:
+            n = uow.notifications.get(caller.sub, notification_id, for_update=True)
             if n is None:
                 raise NotificationNotFound(notification_id)
             n = n.mark_read(now) if read else n.mark_unread(now)
-            await uow.notifications.save(n)
-            await uow.publish(domain.read(n, now) if read else domain.updated(n, now))
-            await uow.commit()
-        return n
+            uow.notifications.save(n)
+            uow.publish(domain.read(n, now) if read else domain.updated(n, now))
+            return n
+
+        return await self._tx.write(write)
 
     async def delete(self, caller: Claims, notification_id: str) -> None:
         now = utcnow()
-        async with self._uow() as uow:
-            if not await uow.notifications.delete(caller.sub, notification_id):
+
+        def write(uow: UnitOfWork) -> None:
+            if not uow.notifications.delete(caller.sub, notification_id):
                 raise NotificationNotFound(notification_id)
-            await uow.publish(domain.deleted(caller.sub, notification_id, now))
-            await uow.commit()
+            uow.publish(domain.deleted(caller.sub, notification_id, now))
+
+        await self._tx.write(write)
 
     async def read_all(self, caller: Claims) -> int:
         now = utcnow()
-        async with self._uow() as uow:
-            count = await uow.notifications.mark_all_read(caller.sub, now)
-            await uow.publish(domain.read_all(caller.sub, count, now))
-            await uow.commit()
-        return count
+
+        def write(uow: UnitOfWork) -> int:
+            count = uow.notifications.mark_all_read(caller.sub, now)
+            uow.publish(domain.read_all(caller.sub, count, now))
+            return count
+
+        return await self._tx.write(write)
 
 
 def _loads(raw: bytes) -> JsonObject:

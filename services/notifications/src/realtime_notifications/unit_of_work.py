@@ -1,88 +1,57 @@
-"""One database transaction per use case: state changes and their outbox rows commit together."""
+"""One database transaction per use case: state changes and their outbox rows commit together.
+
+A use case writes its transaction as one plain function of a `UnitOfWork`;
+`Transactions` runs it on the database (see `db`) and wakes the relay after a
+commit that wrote events.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from types import TracebackType
+from typing import TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
 
 from realtime_notifications import outbox
-from realtime_notifications.db import READ_ONLY, WriteGate
+from realtime_notifications.db import Database
 from realtime_notifications.domain import Event
 from realtime_notifications.repository import IdempotencyRepository, NotificationRepository
 
+T = TypeVar("T")
+
 
 class UnitOfWork:
-    """``async with uow: ...; await uow.commit()``; leaving without a commit rolls back."""
+    """The repositories and the outbox, on one transaction's connection."""
 
-    notifications: NotificationRepository
-    idempotency: IdempotencyRepository
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.notifications = NotificationRepository(conn)
+        self.idempotency = IdempotencyRepository(conn)
+        self.events = 0
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        on_events_committed: Callable[[], None],
-        gate: WriteGate,
-        *,
-        read_only: bool = False,
-    ) -> None:
-        self._engine = engine
-        self._gate = gate
-        self._held: AbstractAsyncContextManager[None] | None = None
-        self._on_events_committed = on_events_committed
-        self._read_only = read_only
-        self._conn: AsyncConnection | None = None
-        self._events = 0
-
-    async def __aenter__(self) -> UnitOfWork:
-        if not self._read_only:
-            self._held = self._gate()
-            await self._held.__aenter__()
-        try:
-            self._conn = await self._engine.connect()
-            if self._read_only:
-                await self._conn.execution_options(**READ_ONLY)
-            await self._conn.begin()
-        except BaseException:
-            await self._release_gate()
-            raise
-        self.notifications = NotificationRepository(self._conn)
-        self.idempotency = IdempotencyRepository(self._conn)
-        self._events = 0
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._conn is not None
-        try:
-            await self._conn.rollback()  # no-op after a commit
-        finally:
-            try:
-                await self._conn.close()
-            finally:
-                self._conn = None
-                await self._release_gate()
-
-    async def _release_gate(self) -> None:
-        if self._held is not None:
-            held, self._held = self._held, None
-            await held.__aexit__(None, None, None)
-
-    async def publish(self, event: Event) -> None:
+    def publish(self, event: Event) -> None:
         """Queue `event` in the outbox; it leaves only if this transaction commits."""
-        assert self._conn is not None and not self._read_only
-        await outbox.add(self._conn, event)
-        self._events += 1
+        outbox.add(self._conn, event)
+        self.events += 1
 
-    async def commit(self) -> None:
-        assert self._conn is not None
-        await self._conn.commit()
-        if self._events:
-            self._events = 0
+
+class Transactions:
+    def __init__(self, database: Database, on_events_committed: Callable[[], None]) -> None:
+        self._database = database
+        self._on_events_committed = on_events_committed
+
+    async def write(self, body: Callable[[UnitOfWork], T]) -> T:
+        """Run `body` in one transaction: committed if it returns, rolled back if it raises."""
+
+        def work(conn: Connection) -> tuple[T, int]:
+            uow = UnitOfWork(conn)
+            return body(uow), uow.events
+
+        result, events = await self._database.write(work)
+        if events:
             self._on_events_committed()  # wake the relay now instead of at its next poll
+        return result
+
+    async def read(self, body: Callable[[UnitOfWork], T]) -> T:
+        """Run `body`, which must only query."""
+        return await self._database.read(lambda conn: body(UnitOfWork(conn)))
