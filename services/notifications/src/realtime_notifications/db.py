@@ -48,11 +48,14 @@ _POOL = {
 
 
 class Pinned(ABC):
-    """One connection kept across several steps (the relay's claim, publish, mark)."""
+    """One connection kept across several steps (the relay's claim, publish, mark).
+
+    Each statement commits alone (autocommit), so nothing is held open between steps.
+    """
 
     @abstractmethod
     async def run(self, work: Work[T]) -> T:
-        """Run `work` on this connection; it commits when `work` returns."""
+        """Run `work` on this connection."""
 
     @abstractmethod
     async def invalidate(self) -> None:
@@ -123,6 +126,10 @@ class SQLiteDatabase(Database):
     async def read(self, work: Work[T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._readers, self._read, work)
 
+    async def autocommit_on_writer(self, work: Work[T]) -> T:
+        """Run `work` on the writer thread, each of its statements its own transaction."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._read, work)
+
     def _write(self, work: Work[T]) -> T:
         with self.engine.connect() as conn:
             # IMMEDIATE: take the write lock now, so a read inside `work` never has to
@@ -133,7 +140,7 @@ class SQLiteDatabase(Database):
             return result
 
     def _read(self, work: Work[T]) -> T:
-        # No BEGIN (the driver is in autocommit mode): each statement is its own snapshot.
+        # No BEGIN (the driver is in autocommit mode): each statement is its own transaction.
         with self.engine.connect() as conn:
             return work(conn)
 
@@ -157,13 +164,14 @@ class SQLiteDatabase(Database):
 
 
 class _WriterSteps(Pinned):
-    """SQLite's relay steps: each its own transaction on the writer thread."""
+    """SQLite's relay steps, on the writer thread in autocommit (a statement is its own
+    transaction): the claim takes no write lock, and a step with no SQL costs nothing."""
 
     def __init__(self, database: SQLiteDatabase) -> None:
         self._database = database
 
     async def run(self, work: Work[T]) -> T:
-        return await self._database.write(work)
+        return await self._database.autocommit_on_writer(work)
 
     async def invalidate(self) -> None:
         """Nothing to drop: no step leaves anything open."""
@@ -200,6 +208,7 @@ class ServerDatabase(Database):
     @asynccontextmanager
     async def pinned(self) -> AsyncIterator[Pinned]:
         async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield _Connection(conn)
 
     def for_relay(self) -> Database:
@@ -227,9 +236,7 @@ class _Connection(Pinned):
         self._conn = conn
 
     async def run(self, work: Work[T]) -> T:
-        result = await self._conn.run_sync(work)
-        await self._conn.commit()
-        return result
+        return await self._conn.run_sync(work)
 
     async def invalidate(self) -> None:
         await self._conn.invalidate()
