@@ -175,3 +175,56 @@ def test_with_several_algorithms_an_unlisted_one_is_refused() -> None:
     assert v.verify(issue_token("alice", SECRET * 2, algorithm="HS512")).sub == "alice"
     with pytest.raises(TokenInvalid, match="algorithm"):
         v.verify(issue_token("alice", SECRET * 2, algorithm="HS384"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_remembered_token_still_expires_at_its_exp() -> None:
+    clock = Clock()
+    v = verifier(cache_size=8, clock=clock)
+    token = issue_token("alice", SECRET, ttl=60, permissions=["notification.manage"])
+    assert v.verify(token).has("notification.manage")
+    assert v.verify(token).sub == "alice"  # remembered
+
+    clock.now += 61
+    with pytest.raises(TokenExpired):
+        v.verify(token)
+
+
+def test_a_remembered_token_gets_the_configured_leeway() -> None:
+    clock = Clock()
+    v = verifier(cache_size=8, clock=clock, leeway=30)
+    token = issue_token("alice", SECRET, ttl=60)
+    v.verify(token)
+    clock.now += 80
+    assert v.verify(token).sub == "alice"
+    clock.now += 20
+    with pytest.raises(TokenExpired):
+        v.verify(token)
+
+
+def test_a_refused_token_is_refused_every_time() -> None:
+    v = verifier(cache_size=8)
+    forged = issue_token("alice", "f" * 32)
+    for _ in range(2):
+        with pytest.raises(TokenInvalid):
+            v.verify(forged)
+
+
+def test_the_memory_of_verified_tokens_is_bounded() -> None:
+    clock = Clock()
+    v = verifier(cache_size=2, clock=clock)
+    tokens = [issue_token(user, SECRET, ttl=60) for user in ("a", "b", "c")]
+    for token in tokens:
+        v.verify(token)
+    clock.now += 61
+    # The oldest was forgotten, so PyJWT checks it again, on the real clock: still valid.
+    assert v.verify(tokens[0]).sub == "a"
+    with pytest.raises(TokenExpired):
+        v.verify(tokens[2])  # remembered: checked on the (advanced) clock

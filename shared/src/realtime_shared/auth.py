@@ -9,7 +9,7 @@ as an HMAC secret.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,13 +80,20 @@ class TokenVerifier:
         audience: str | None = None,
         issuer: str | None = None,
         leeway: float = 0,
+        cache_size: int = 0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`cache_size`: how many verified tokens to remember (0: none), for callers that
+        send the same token on every request; a remembered one is only re-checked for expiry."""
         self.algorithms = [a for a in algorithms]
         self._secret = secret
         self._public_key = public_key
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway
+        self._cache_size = cache_size
+        self._cache: dict[str, Claims] = {}
+        self._clock = clock
         self._check_config()
         # Parsed once: PyJWT would otherwise load a PEM key on every verify.
         algorithms = get_default_algorithms()
@@ -98,9 +105,10 @@ class TokenVerifier:
                 raise KeyConfigError(f"the key for {alg} cannot be used: {exc}") from None
 
     @classmethod
-    def from_settings(cls, settings: RealtimeSettings) -> TokenVerifier:
+    def from_settings(cls, settings: RealtimeSettings, *, cache_size: int = 0) -> TokenVerifier:
         public = settings.jwt_public_key
         return cls(
+            cache_size=cache_size,
             algorithms=settings.jwt_algorithms,
             secret=settings.effective_jwt_secret(),
             public_key=public.get_secret_value() if public else None,
@@ -138,6 +146,19 @@ class TokenVerifier:
     def verify(self, token: str | None) -> Claims:
         if not token:
             raise TokenMissing("no token given")
+        claims = self._cache.get(token)
+        if claims is None:
+            claims = self._decode(token)
+            if self._cache_size:
+                if len(self._cache) >= self._cache_size:
+                    del self._cache[next(iter(self._cache))]  # the oldest
+                self._cache[token] = claims
+        elif claims.exp <= self._clock() - self.leeway:  # PyJWT's own expiry rule
+            del self._cache[token]
+            raise TokenExpired("token has expired")
+        return claims
+
+    def _decode(self, token: str) -> Claims:
         if len(self.algorithms) == 1:
             # The usual case: one key, and PyJWT refuses any other `alg` itself; skipping
             # the separate header parse saves a measurable share of a connect's CPU.

@@ -24,12 +24,16 @@ from realtime_shared.auth import TokenVerifier
 
 log = logging.getLogger(__name__)
 
+VERIFIED_TOKENS = 1024
+
 
 def create_app(
     settings: NotificationsSettings, *, publisher: EventPublisher | None = None
 ) -> FastAPI:
     """Build the app; nothing connects until the lifespan starts. `publisher` is for tests."""
-    verifier = TokenVerifier.from_settings(settings)  # a bad key config fails here, not later
+    # A bad key config fails here, not later. Producers send one token per request, often
+    # the same one: a verified token is remembered (until its `exp`) instead of re-checked.
+    verifier = TokenVerifier.from_settings(settings, cache_size=VERIFIED_TOKENS)
     metrics = Metrics()
     rabbit = RabbitEventPublisher(
         settings.amqp_url, settings.realtime_exchange, publish_timeout=settings.publish_timeout
