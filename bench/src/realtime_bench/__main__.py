@@ -69,25 +69,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help=f"small and short, for development: {QUICK}"
     )
-    p.add_argument("--targets", type=_names(list(TARGETS)), default=list(TARGETS))
-    p.add_argument("--scenarios", type=_names(SCENARIOS), default=list(SCENARIOS))
+    p.add_argument(
+        "--targets",
+        type=_names(list(TARGETS)),
+        default=list(TARGETS),
+        help=f"comma list of {', '.join(TARGETS)}",
+    )
+    p.add_argument(
+        "--scenarios",
+        type=_names(SCENARIOS),
+        default=list(SCENARIOS),
+        help=f"comma list of {', '.join(SCENARIOS)} (rest runs ws-edge only)",
+    )
     p.add_argument("--reps", type=int, default=defaults.reps, help="repetitions (median taken)")
     p.add_argument(
         "--clients", type=int, default=defaults.clients, help="N connections, 1 user each"
     )
     p.add_argument("--rates", type=_ints, default=defaults.rates, help="fan-out msg/s (0: max)")
     p.add_argument("--duration", type=float, default=defaults.duration, help="seconds per rate")
-    p.add_argument("--broadcasts", type=int, default=defaults.broadcasts)
-    p.add_argument("--broadcast-rate", type=float, default=defaults.broadcast_rate)
+    p.add_argument(
+        "--broadcasts", type=int, default=defaults.broadcasts, help="broadcasts per repetition"
+    )
+    p.add_argument(
+        "--broadcast-rate", type=float, default=defaults.broadcast_rate, help="broadcasts per s"
+    )
     p.add_argument("--connect-n", type=int, default=defaults.connect_n, help="`connect big` size")
     p.add_argument("--hold-n", type=int, default=defaults.hold_n, help="connections in `hold`")
-    p.add_argument("--rest-rate", type=float, default=defaults.rest_rate)
-    p.add_argument("--rest-duration", type=float, default=defaults.rest_duration)
-    p.add_argument("--rest-users", type=int, default=defaults.rest_users)
+    p.add_argument("--rest-rate", type=float, default=defaults.rest_rate, help="REST creates per s")
     p.add_argument(
-        "--rest-databases", type=_names(("sqlite", "postgresql")), default=defaults.rest_databases
+        "--rest-duration", type=float, default=defaults.rest_duration, help="seconds of REST load"
     )
-    p.add_argument("--client-procs", type=int, default=defaults.client_procs)
+    p.add_argument(
+        "--rest-users",
+        type=int,
+        default=defaults.rest_users,
+        help="connected users the notifications go to (round robin)",
+    )
+    p.add_argument(
+        "--rest-databases",
+        type=_names(("sqlite", "postgresql")),
+        default=defaults.rest_databases,
+        help="comma list of sqlite, postgresql (postgresql needs POSTGRES_URL)",
+    )
+    p.add_argument(
+        "--client-procs",
+        type=int,
+        default=defaults.client_procs,
+        help="processes the WebSocket clients are spread over",
+    )
     p.add_argument(
         "--concurrency",
         type=int,
