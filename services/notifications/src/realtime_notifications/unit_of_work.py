@@ -7,6 +7,7 @@ commit that wrote events.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -47,7 +48,13 @@ class Transactions:
             uow = UnitOfWork(conn)
             return body(uow), uow.events
 
-        result, events = await self._database.write(work)
+        try:
+            result, events = await self._database.write(work)
+        except asyncio.CancelledError:
+            # The caller went away, but the transaction may still commit: a spare wake-up
+            # costs one empty scan, a missed one delays its events to the next poll.
+            self._on_events_committed()
+            raise
         if events:
             self._on_events_committed()  # wake the relay now instead of at its next poll
         return result

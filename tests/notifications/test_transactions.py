@@ -1,0 +1,95 @@
+"""Where transactions run: on SQLite, one writer thread in FIFO order, beside the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from realtime_notifications.db import Database, open_database
+from realtime_notifications.domain import Notification, created, utcnow
+from realtime_notifications.unit_of_work import Transactions, UnitOfWork
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def sqlite(tmp_path: Path) -> AsyncIterator[Database]:
+    database = open_database(f"sqlite+aiosqlite:///{tmp_path / 'n.db'}")
+    await database.migrate()
+    yield database
+    await database.dispose()
+
+
+def _new(title: str) -> Notification:
+    return Notification.new(user_id="alice", type="t", title=title, now=utcnow())
+
+
+def _titles(conn: Connection) -> list[str]:
+    return list(conn.execute(sa.text("SELECT title FROM notifications ORDER BY seq")).scalars())
+
+
+async def test_writes_commit_in_the_order_they_were_asked_for(sqlite: Database) -> None:
+    tx = Transactions(sqlite, lambda: None)
+
+    def add(title: str) -> None:
+        async def write() -> None:
+            await tx.write(lambda uow: uow.notifications.add(_new(title)))
+
+        tasks.append(asyncio.ensure_future(write()))
+
+    tasks: list[asyncio.Future[None]] = []
+    for i in range(50):
+        add(str(i))
+    await asyncio.gather(*tasks)
+
+    assert await sqlite.read(_titles) == [str(i) for i in range(50)]
+
+
+async def test_a_running_write_whose_caller_is_cancelled_commits_and_wakes_the_relay(
+    sqlite: Database,
+) -> None:
+    woken = asyncio.Event()
+    tx = Transactions(sqlite, woken.set)
+    running, release = threading.Event(), threading.Event()
+
+    def body(uow: UnitOfWork) -> None:
+        running.set()
+        release.wait(10)
+        n = _new("late")
+        uow.notifications.add(n)
+        uow.publish(created(n, utcnow()))
+
+    caller = asyncio.ensure_future(tx.write(body))
+    assert await asyncio.to_thread(running.wait, 10)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert woken.is_set()
+
+    release.set()
+    await sqlite.write(lambda _conn: None)  # FIFO: runs after the cancelled caller's write
+    # That write still committed: its event waits in the outbox, and the relay is awake.
+    assert await sqlite.read(_titles) == ["late"]
+
+
+async def test_a_queued_write_whose_caller_is_cancelled_never_runs(sqlite: Database) -> None:
+    tx = Transactions(sqlite, lambda: None)
+    release = threading.Event()
+    blocker = asyncio.ensure_future(sqlite.write(lambda _conn: release.wait(10)))
+    caller = asyncio.ensure_future(tx.write(lambda uow: uow.notifications.add(_new("gone"))))
+    await asyncio.sleep(0)  # one loop turn: both wait for the writer, the second queued
+
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    release.set()
+    await blocker
+    await sqlite.write(lambda _conn: None)
+
+    assert await sqlite.read(_titles) == []
