@@ -7,6 +7,9 @@ import pytest
 import websockets
 from support.edge import EdgeProcess, recv_frame, running_edge
 
+from realtime_shared.auth import issue_token
+from realtime_shared.settings import DEV_JWT_SECRET
+
 pytestmark = pytest.mark.integration
 
 MakeToken = Callable[..., str]
@@ -124,3 +127,18 @@ async def test_dev_token_and_demo_config_exist_in_dev_mode(edge: EdgeProcess) ->
         assert types.headers["content-type"].startswith("application/typescript")
     async with websockets.connect(edge.ws_url(token=issued["token"])) as ws:
         assert (await recv_frame(ws))["data"]["user_id"] == "carol"  # type: ignore[index]
+
+
+async def test_during_a_key_rotation_the_previous_secret_still_connects(
+    amqp_url: str, exchange: str, make_token: MakeToken
+) -> None:
+    new = "n" * 32
+    # make_token signs with the dev key: here it is the key being retired.
+    async with running_edge(
+        amqp_url, exchange, JWT_SECRET=new, JWT_PREVIOUS_SECRETS=DEV_JWT_SECRET
+    ) as edge:
+        for token in (make_token("alice"), issue_token("bob", new)):
+            async with websockets.connect(edge.ws_url(token=token)) as ws:
+                assert (await recv_frame(ws))["event"] == "connected"
+        status, body = await refused(edge.ws_url(token=issue_token("eve", "r" * 32)))
+        assert (status, body["error"]["code"]) == (401, "UNAUTHORIZED")  # type: ignore[index]

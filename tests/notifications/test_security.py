@@ -186,3 +186,26 @@ def test_without_a_key_or_dev_mode_the_service_refuses_to_start(tmp_path: Path) 
     settings = make_settings(f"sqlite+aiosqlite:///{tmp_path}/n.db", dev=False, jwt_secret=None)
     with pytest.raises(KeyConfigError, match="JWT_SECRET"):
         create_app(settings)
+
+
+async def test_during_a_key_rotation_tokens_of_the_previous_secret_still_work(
+    tmp_path: Path,
+) -> None:
+    new, old = "n" * 32, "o" * 32
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path}/n.db",
+        dev=False,
+        jwt_secret=new,
+        jwt_previous_secrets=old,
+    )
+    now = int(time.time())
+
+    def token(key: str) -> str:
+        return jwt.encode({"sub": "alice", "exp": now + 60}, key, algorithm="HS256")
+
+    async with running_app(settings, FakePublisher()) as client:
+        for key in (new, old):
+            assert (await client.get(BASE, headers=bearer(token(key)))).status_code == 200
+        refused = await client.get(BASE, headers=bearer(token("r" * 32)))
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "UNAUTHORIZED"

@@ -162,6 +162,55 @@ def test_an_unusable_public_key_refuses_to_start() -> None:
         TokenVerifier(algorithms=["RS256"], public_key="-----BEGIN PUBLIC KEY-----\nnope\n")
 
 
+def test_a_rotation_accepts_the_previous_public_key_too() -> None:
+    old_priv, old_pub = _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    new_priv, new_pub = _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    v = TokenVerifier(algorithms=["RS256"], public_key=new_pub + old_pub)  # new key first
+    assert v.verify(issue_token("alice", new_priv, algorithm="RS256")).sub == "alice"
+    assert v.verify(issue_token("bob", old_priv, algorithm="RS256")).sub == "bob"
+    other_priv, _ = _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    with pytest.raises(TokenInvalid, match="signature"):
+        v.verify(issue_token("mallory", other_priv, algorithm="RS256"))
+    with pytest.raises(TokenExpired):  # an old key's token is still checked for the rest
+        v.verify(issue_token("bob", old_priv, algorithm="RS256", ttl=-10))
+
+
+def test_rsa_and_ec_keys_side_by_side_each_verify_their_own_algorithm() -> None:
+    rsa_priv, rsa_pub = _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    ec_priv, ec_pub = _pem(ec.generate_private_key(ec.SECP256R1()))
+    v = TokenVerifier(algorithms=["RS256", "ES256"], public_key=rsa_pub + "\n" + ec_pub)
+    assert v.verify(issue_token("alice", rsa_priv, algorithm="RS256")).sub == "alice"
+    assert v.verify(issue_token("bob", ec_priv, algorithm="ES256")).sub == "bob"
+
+
+def test_a_rotation_accepts_previous_hmac_secrets_too() -> None:
+    old, older = "o" * 32, "p" * 32
+    v = verifier(previous_secrets=[old, older])
+    for key in (SECRET, old, older):
+        assert v.verify(issue_token("alice", key)).sub == "alice"
+    with pytest.raises(TokenInvalid, match="signature"):
+        v.verify(issue_token("mallory", "m" * 32))
+    with pytest.raises(TokenExpired):
+        v.verify(issue_token("alice", older, ttl=-10))
+
+
+def test_a_short_previous_secret_refuses_to_start() -> None:
+    with pytest.raises(KeyConfigError, match="JWT_PREVIOUS_SECRETS"):
+        verifier(previous_secrets=["short"])
+
+
+def test_previous_secrets_come_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JWT_SECRET", SECRET)
+    monkeypatch.setenv("JWT_PREVIOUS_SECRETS", "o" * 32 + ", " + "p" * 32)
+    settings = RealtimeSettings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.previous_jwt_secrets() == ["o" * 32, "p" * 32]
+    assert "o" * 32 not in repr(settings)
+    v = TokenVerifier.from_settings(settings)
+    assert v.verify(issue_token("alice", "p" * 32)).sub == "alice"
+    monkeypatch.setenv("JWT_PREVIOUS_SECRETS", "")
+    assert RealtimeSettings(_env_file=None).previous_jwt_secrets() == []  # type: ignore[call-arg]
+
+
 def test_an_empty_audience_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JWT_AUDIENCE", "")
     monkeypatch.setenv("JWT_ISSUER", "")

@@ -36,7 +36,14 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-_SCRUBBED = ("JWT_SECRET", "JWT_PUBLIC_KEY", "JWT_AUDIENCE", "JWT_ISSUER", "JWT_ALGORITHMS")
+_SCRUBBED = (
+    "JWT_SECRET",
+    "JWT_PREVIOUS_SECRETS",
+    "JWT_PUBLIC_KEY",
+    "JWT_AUDIENCE",
+    "JWT_ISSUER",
+    "JWT_ALGORITHMS",
+)
 
 
 class ServiceProcess:

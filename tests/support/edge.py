@@ -35,7 +35,14 @@ import websockets
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _RUNNING = re.compile(r"Uvicorn running on http://[^:]+:(\d+)")
-_SCRUBBED = ("JWT_SECRET", "JWT_PUBLIC_KEY", "JWT_AUDIENCE", "JWT_ISSUER", "JWT_ALGORITHMS")
+_SCRUBBED = (
+    "JWT_SECRET",
+    "JWT_PREVIOUS_SECRETS",
+    "JWT_PUBLIC_KEY",
+    "JWT_AUDIENCE",
+    "JWT_ISSUER",
+    "JWT_ALGORITHMS",
+)
 
 
 @dataclass

@@ -8,6 +8,7 @@ as an HMAC secret.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ class TokenInvalid(AuthError):
     reason = "invalid"
 
 
+class _WrongKey(TokenInvalid):
+    """The signature does not match this key (another accepted key may match)."""
+
+
 class KeyConfigError(ValueError):
     """The JWT settings cannot verify anything safely; the process must not start."""
 
@@ -76,6 +81,7 @@ class TokenVerifier:
         *,
         algorithms: Iterable[str],
         secret: str | None = None,
+        previous_secrets: Iterable[str] = (),
         public_key: str | None = None,
         audience: str | None = None,
         issuer: str | None = None,
@@ -83,10 +89,13 @@ class TokenVerifier:
         cache_size: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`cache_size`: how many verified tokens to remember (0: none), for callers that
-        send the same token on every request; a remembered one is only re-checked for expiry."""
+        """`previous_secrets` and further PEM blocks in `public_key` are keys still accepted
+        during a rotation, tried in order after the first when a signature does not match.
+        `cache_size`: how many verified tokens to remember (0: none), for callers that send
+        the same token on every request; a remembered one is only re-checked for expiry."""
         self.algorithms = [a for a in algorithms]
         self._secret = secret
+        self._previous_secrets = list(previous_secrets)
         self._public_key = public_key
         self.audience = audience
         self.issuer = issuer
@@ -96,13 +105,23 @@ class TokenVerifier:
         self._clock = clock
         self._check_config()
         # Parsed once: PyJWT would otherwise load a PEM key on every verify.
-        algorithms = get_default_algorithms()
-        self._keys: dict[str, Any] = {}
-        for alg in self.algorithms:
+        self._keys = {alg: self._prepare_keys(alg) for alg in self.algorithms}
+
+    def _prepare_keys(self, alg: str) -> list[Any]:
+        algorithm = get_default_algorithms()[alg]
+        if alg in HMAC_ALGORITHMS:
+            assert self._secret is not None  # guaranteed by _check_config
+            return [algorithm.prepare_key(key) for key in [self._secret, *self._previous_secrets]]
+        assert self._public_key is not None
+        keys, errors = [], []
+        for pem in pem_blocks(self._public_key):
             try:
-                self._keys[alg] = algorithms[alg].prepare_key(self._key_for(alg))
+                keys.append(algorithm.prepare_key(pem))
             except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
-                raise KeyConfigError(f"the key for {alg} cannot be used: {exc}") from None
+                errors.append(str(exc))  # another family's key (RS256 and ES256 side by side)
+        if not keys:
+            raise KeyConfigError(f"no key in JWT_PUBLIC_KEY can be used for {alg}: {errors}")
+        return keys
 
     @classmethod
     def from_settings(cls, settings: RealtimeSettings, *, cache_size: int = 0) -> TokenVerifier:
@@ -111,6 +130,7 @@ class TokenVerifier:
             cache_size=cache_size,
             algorithms=settings.jwt_algorithms,
             secret=settings.effective_jwt_secret(),
+            previous_secrets=settings.previous_jwt_secrets(),
             public_key=public.get_secret_value() if public else None,
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
@@ -130,18 +150,16 @@ class TokenVerifier:
                     "JWT_SECRET is not set: refusing to start (set it, or pass --dev for "
                     "a local, insecure development key)"
                 )
-            if len(self._secret.encode()) < MIN_HMAC_KEY_BYTES:
-                raise KeyConfigError(
-                    f"JWT_SECRET is {len(self._secret.encode())} bytes; HMAC keys must be at "
-                    f"least {MIN_HMAC_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`)"
-                )
+            for name, key in [("JWT_SECRET", self._secret)] + [
+                ("a key in JWT_PREVIOUS_SECRETS", key) for key in self._previous_secrets
+            ]:
+                if len(key.encode()) < MIN_HMAC_KEY_BYTES:
+                    raise KeyConfigError(
+                        f"{name} is {len(key.encode())} bytes; HMAC keys must be at "
+                        f"least {MIN_HMAC_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+                    )
         if any(a in PUBLIC_KEY_ALGORITHMS for a in self.algorithms) and not self._public_key:
             raise KeyConfigError("JWT_PUBLIC_KEY (PEM) is required for RS*/PS*/ES*/EdDSA")
-
-    def _key_for(self, alg: str) -> str:
-        key = self._secret if alg in HMAC_ALGORITHMS else self._public_key
-        assert key is not None  # guaranteed by _check_config for allowed algorithms
-        return key
 
     def verify(self, token: str | None) -> Claims:
         if not token:
@@ -172,10 +190,19 @@ class TokenVerifier:
             if not isinstance(named, str) or named not in self.algorithms:
                 raise TokenInvalid(f"algorithm {named!r} is not accepted")
             alg = named
+        keys = self._keys[alg]
+        for key in keys[:-1]:  # keys still accepted in a rotation: a mismatch tries the next
+            try:
+                return self._decode_with(token, alg, key)
+            except _WrongKey:
+                continue
+        return self._decode_with(token, alg, keys[-1])
+
+    def _decode_with(self, token: str, alg: str, key: Any) -> Claims:
         try:
             payload: dict[str, Any] = jwt.decode(
                 token,
-                self._keys[alg],
+                key,
                 algorithms=[alg],
                 audience=self.audience,
                 issuer=self.issuer,
@@ -198,9 +225,19 @@ class TokenVerifier:
             raise TokenInvalid("token issuer is not accepted") from None
         except jwt.MissingRequiredClaimError as exc:
             raise TokenInvalid(f"token lacks the {exc.claim!r} claim") from None
+        except jwt.InvalidSignatureError:
+            raise _WrongKey("token signature or format is invalid") from None
         except jwt.PyJWTError:
             raise TokenInvalid("token signature or format is invalid") from None
         return _claims(payload)
+
+
+def pem_blocks(text: str) -> list[str]:
+    """Each PEM block in `text` (several keys may be given, one after the other)."""
+    return _PEM_BLOCK.findall(text) or [text]
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.+?-----END [A-Z0-9 ]+-----", re.DOTALL)
 
 
 def _claims(payload: dict[str, Any]) -> Claims:

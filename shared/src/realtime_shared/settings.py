@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar, cast
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,6 +33,10 @@ class RealtimeSettings(BaseSettings):
     amqp_url: str = DEFAULT_AMQP_URL
     realtime_exchange: str = DEFAULT_EXCHANGE
     jwt_secret: SecretStr | None = None
+    jwt_previous_secrets: SecretStr | None = Field(
+        default=None,
+        description="comma-separated HMAC keys still accepted while JWT_SECRET rotates",
+    )
     jwt_algorithms: CommaList = Field(default_factory=lambda: ["HS256"])
     jwt_public_key: SecretStr | None = None
     jwt_audience: str | None = None
@@ -41,7 +45,14 @@ class RealtimeSettings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("jwt_secret", "jwt_public_key", "jwt_audience", "jwt_issuer", mode="before")
+    @field_validator(
+        "jwt_secret",
+        "jwt_previous_secrets",
+        "jwt_public_key",
+        "jwt_audience",
+        "jwt_issuer",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `JWT_AUDIENCE=` (as compose passes an unset variable) means unset, not "check
@@ -57,6 +68,10 @@ class RealtimeSettings(BaseSettings):
         if self.jwt_secret is not None:
             return self.jwt_secret.get_secret_value()
         return DEV_JWT_SECRET if self.dev else None
+
+    def previous_jwt_secrets(self) -> list[str]:
+        value = self.jwt_previous_secrets
+        return [] if value is None else cast(list[str], split_commas(value.get_secret_value()))
 
 
 SettingsT = TypeVar("SettingsT", bound=RealtimeSettings)
