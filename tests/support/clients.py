@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from playwright.async_api import Browser, async_playwright
 
+from support.edge import SCRUBBED_ENV
 from support.missing import missing
 from support.notifications import free_port
 
@@ -36,14 +37,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-_SCRUBBED = (
-    "JWT_SECRET",
-    "JWT_PREVIOUS_SECRETS",
-    "JWT_PUBLIC_KEY",
-    "JWT_AUDIENCE",
-    "JWT_ISSUER",
-    "JWT_ALGORITHMS",
-)
 
 
 class ServiceProcess:
@@ -57,7 +50,7 @@ class ServiceProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
-        self.env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+        self.env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
         self.env.update(AMQP_URL=amqp_url, REALTIME_EXCHANGE=exchange, PYTHONUNBUFFERED="1")
         self.env.update(env)
         self.proc: subprocess.Popen[bytes] | None = None

@@ -35,7 +35,8 @@ import websockets
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _RUNNING = re.compile(r"Uvicorn running on http://[^:]+:(\d+)")
-_SCRUBBED = (
+SCRUBBED_ENV = (
+    # Key settings a developer's shell or .env may hold: the test processes use --dev.
     "JWT_SECRET",
     "JWT_PREVIOUS_SECRETS",
     "JWT_PUBLIC_KEY",
@@ -122,7 +123,7 @@ async def running_edge(
     """`wait_ready=False`: return once the process answers /healthz, connected or not."""
     workdir = Path(tempfile.mkdtemp(prefix="ws-edge-"))
     log_path = workdir / "ws-edge.log"
-    environ = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    environ = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     environ.update(AMQP_URL=amqp_url, REALTIME_EXCHANGE=exchange, PYTHONUNBUFFERED="1")
     environ.update({k: str(v) for k, v in env.items()})
     proc = _spawn(workdir, log_path, environ)
