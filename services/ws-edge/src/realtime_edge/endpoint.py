@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from urllib.parse import parse_qsl
 
@@ -73,7 +74,7 @@ class WebSocketEndpoint:
         admission = await self._admit(scope, send)
         if admission is not None:
             scope["headers"] = ()  # only the checks read them; idle connections stay smaller
-            await self._serve(admission, receive, send)
+            await self._serve(admission, receive, send, scope.get("client"))
 
     async def _admit(self, scope: Scope, send: Send) -> Admission | None:
         node = self.node
@@ -101,7 +102,13 @@ class WebSocketEndpoint:
             return None
         return admission
 
-    async def _serve(self, admission: Admission, receive: Receive, send: Send) -> None:
+    async def _serve(
+        self,
+        admission: Admission,
+        receive: Receive,
+        send: Send,
+        client: tuple[str, int] | None,
+    ) -> None:
         node = self.node
         settings = node.settings
         # the raw payload is not needed after verification; idle connections stay smaller
@@ -122,6 +129,15 @@ class WebSocketEndpoint:
             node.release(conn.user_id, session.streams)
             raise
         node.opened(conn)
+        trail = settings.edge_log_connections
+        if trail:
+            opened_at = time.monotonic()
+            log.info(
+                "connection opened from %s for %s",
+                client[0] if client else "unknown",
+                ",".join(sorted(session.streams)) or "no stream",
+                extra={"connection_id": conn.id, "user_id": conn.user_id},
+            )
         code: int = CloseCode.INTERNAL_ERROR
         try:
             await node.bound(pending)
@@ -134,6 +150,12 @@ class WebSocketEndpoint:
                 code = conn.close_code
             self.deadlines.cancel(conn)
             node.closed(conn, code)
+            if trail:
+                log.info(
+                    "connection closed after %.1f s",
+                    time.monotonic() - opened_at,
+                    extra={"connection_id": conn.id, "user_id": conn.user_id, "close_code": code},
+                )
             await conn.dispose()
 
     async def _read(self, conn: Connection, receive: Receive) -> int:

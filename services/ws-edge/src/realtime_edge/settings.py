@@ -49,6 +49,9 @@ class EdgeSettings(RealtimeSettings):
     edge_demo: bool | None = Field(default=None, description="serve the demo page (default: --dev)")
     edge_notifications_url: str = DEFAULT_NOTIFICATIONS_URL
     edge_per_message_deflate: bool = False
+    edge_log_connections: bool = Field(
+        default=True, description="an INFO line per connection opened and per one closed"
+    )
 
     @field_validator("edge_allowed_origins", mode="before")
     @classmethod
