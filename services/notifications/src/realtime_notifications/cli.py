@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 
 from realtime_notifications.settings import NotificationsSettings
@@ -36,21 +38,52 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from_args(NotificationsSettings, args, "notifications-service")
     configure_logging(settings.log_level, settings.log_format)
+    # Alembic announces each of its plugins at INFO on import: seven lines of noise per start.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
     return _serve(settings, args.host, args.port)
 
 
 async def _migrate(settings: NotificationsSettings) -> int:
-    from realtime_notifications import db
-
-    database = db.open_database(settings.database_url)
-    try:
-        await database.migrate()
-    finally:
-        await database.dispose()
+    if problem := await _use_database(settings, migrate=True):
+        print(f"notifications-service: {problem}", file=sys.stderr)
+        return 1
     print("notifications-service: database is at the newest schema", file=sys.stderr)
     return 0
+
+
+async def _use_database(settings: NotificationsSettings, *, migrate: bool) -> str | None:
+    """Why the database cannot be used (a missing directory, a bad URL, no server), or None."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from realtime_notifications import db
+
+    try:
+        database = db.open_database(settings.database_url)
+        try:
+            await (database.migrate() if migrate else database.ping())
+        finally:
+            await database.dispose()
+    except (SQLAlchemyError, OSError, ValueError) as exc:
+        return _cannot_use(settings.database_url, exc)
+    return None
+
+
+def _cannot_use(database_url: str, exc: Exception) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+    try:
+        url = make_url(database_url)
+        where = url.render_as_string(hide_password=True)
+        if url.get_backend_name() == "sqlite" and url.database:
+            # `sqlite:///a.db` is relative to the working directory, `sqlite:////a.db` is not.
+            where += f" (the file {os.path.abspath(url.database)})"
+    except SQLAlchemyError:
+        where = "in DATABASE_URL"
+    reason = exc.orig if isinstance(exc, DBAPIError) else exc
+    return f"cannot use the database {where}: {reason}"
 
 
 def _serve(settings: NotificationsSettings, host: str, port: int) -> int:
@@ -63,6 +96,10 @@ def _serve(settings: NotificationsSettings, host: str, port: int) -> int:
     except KeyConfigError as exc:
         print(f"notifications-service: {exc}", file=sys.stderr)
         return 2
+    # Said in one line here, rather than as a traceback from the app's start-up.
+    if problem := asyncio.run(_use_database(settings, migrate=False)):
+        print(f"notifications-service: {problem}", file=sys.stderr)
+        return 1
     uvicorn.run(
         app,
         host=host,
