@@ -183,6 +183,48 @@ def test_rsa_and_ec_keys_side_by_side_each_verify_their_own_algorithm() -> None:
     assert v.verify(issue_token("bob", ec_priv, algorithm="ES256")).sub == "bob"
 
 
+def test_a_damaged_or_foreign_key_in_a_rotation_refuses_to_start() -> None:
+    _, new_pub = _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    _, old_pub = _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    lines = old_pub.splitlines()
+    damaged = "\n".join(lines[:2] + lines[3:])  # one base64 line lost in a copy and paste
+    with pytest.raises(KeyConfigError, match="key 2 of 2"):
+        TokenVerifier(algorithms=["RS256"], public_key=new_pub + damaged)
+    _, ec_pub = _pem(ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(KeyConfigError, match=r"key 2 of 2 .* RS256"):
+        TokenVerifier(algorithms=["RS256"], public_key=new_pub + ec_pub)
+    _, p384_pub = _pem(ec.generate_private_key(ec.SECP384R1()))  # ES256 is P-256 only
+    with pytest.raises(KeyConfigError, match="key 2 of 3"):
+        TokenVerifier(algorithms=["ES256", "RS256"], public_key=ec_pub + p384_pub + new_pub)
+
+
+def test_a_private_key_is_refused_as_the_public_key() -> None:
+    private = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    with pytest.raises(KeyConfigError, match="private key"):
+        TokenVerifier(algorithms=["RS256"], public_key=private)
+
+
+def test_an_unusable_previous_secret_refuses_to_start() -> None:
+    with pytest.raises(KeyConfigError, match="JWT_PREVIOUS_SECRETS"):
+        verifier(previous_secrets=["ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 someone@host"])
+
+
+def test_claims_of_a_remembered_token_cannot_be_changed_by_one_caller() -> None:
+    v = verifier(cache_size=8)
+    token = issue_token("alice", SECRET)
+    with pytest.raises(TypeError):
+        v.verify(token).raw["sub"] = "mallory"  # type: ignore[index]
+    assert v.verify(token).raw["sub"] == "alice"
+
+
 def test_a_rotation_accepts_previous_hmac_secrets_too() -> None:
     old, older = "o" * 32, "p" * 32
     v = verifier(previous_secrets=[old, older])

@@ -12,9 +12,11 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
 from realtime_shared.routing import fits_routing_key
@@ -25,6 +27,12 @@ MIN_HMAC_KEY_BYTES = 32
 """RFC 7518 §3.2: an HS256 key must be at least as long as the hash output."""
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+PUBLIC_KEY_TYPES = (
+    rsa.RSAPublicKey,
+    ec.EllipticCurvePublicKey,
+    ed25519.Ed25519PublicKey,
+    ed448.Ed448PublicKey,
+)
 PUBLIC_KEY_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
@@ -104,23 +112,51 @@ class TokenVerifier:
         self._cache: dict[str, Claims] = {}
         self._clock = clock
         self._check_config()
-        # Parsed once: PyJWT would otherwise load a PEM key on every verify.
-        self._keys = {alg: self._prepare_keys(alg) for alg in self.algorithms}
+        self._keys = self._prepare_keys()
 
-    def _prepare_keys(self, alg: str) -> list[Any]:
-        algorithm = get_default_algorithms()[alg]
-        if alg in HMAC_ALGORITHMS:
+    def _prepare_keys(self) -> dict[str, list[Any]]:
+        """Every accepted key per algorithm, parsed once (PyJWT would load a PEM per verify).
+
+        Any key that cannot be used stops the start, rather than refusing its tokens later.
+        """
+        registry = get_default_algorithms()
+        keys: dict[str, list[Any]] = {}
+        for alg in (a for a in self.algorithms if a in HMAC_ALGORITHMS):
             assert self._secret is not None  # guaranteed by _check_config
-            return [algorithm.prepare_key(key) for key in [self._secret, *self._previous_secrets]]
-        assert self._public_key is not None
-        keys, errors = [], []
-        for pem in pem_blocks(self._public_key):
+            secrets = [self._secret, *self._previous_secrets]
             try:
-                keys.append(algorithm.prepare_key(pem))
+                keys[alg] = [registry[alg].prepare_key(key) for key in secrets]
             except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
-                errors.append(str(exc))  # another family's key (RS256 and ES256 side by side)
-        if not keys:
-            raise KeyConfigError(f"no key in JWT_PUBLIC_KEY can be used for {alg}: {errors}")
+                raise KeyConfigError(
+                    f"JWT_SECRET or JWT_PREVIOUS_SECRETS cannot be used for {alg}: {exc}"
+                ) from None
+        public = [a for a in self.algorithms if a in PUBLIC_KEY_ALGORITHMS]
+        if not public:
+            return keys
+        assert self._public_key is not None
+        blocks = pem_blocks(self._public_key)
+        used = [False] * len(blocks)
+        for alg in public:
+            keys[alg] = []
+            for i, pem in enumerate(blocks):
+                try:
+                    key = registry[alg].prepare_key(pem)
+                except (jwt.InvalidKeyError, ValueError, TypeError):
+                    continue  # another family's key (RS256 and ES256 side by side)
+                if not isinstance(key, PUBLIC_KEY_TYPES):
+                    raise KeyConfigError(
+                        "JWT_PUBLIC_KEY holds a private key: give the services the public key"
+                    )
+                keys[alg].append(key)
+                used[i] = True
+            if not keys[alg]:
+                raise KeyConfigError(f"no key in JWT_PUBLIC_KEY can be used for {alg}")
+        for i, ok in enumerate(used):
+            if not ok:
+                raise KeyConfigError(
+                    f"key {i + 1} of {len(blocks)} in JWT_PUBLIC_KEY cannot be used for "
+                    f"{', '.join(public)}: damaged, or of another type or curve"
+                )
         return keys
 
     @classmethod
@@ -262,7 +298,7 @@ def _claims(payload: dict[str, Any]) -> Claims:
         exp=int(exp),
         permissions=frozenset(perms),
         streams=None if streams is None else frozenset(s.strip().lower() for s in streams),
-        raw=payload,
+        raw=MappingProxyType(payload),  # shared by every request that remembers the token
     )
 
 
