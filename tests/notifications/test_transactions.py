@@ -6,12 +6,13 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from realtime_notifications.db import Database, open_database
+from realtime_notifications.db import Database, SQLiteDatabase, open_database
 from realtime_notifications.domain import Notification, created, utcnow
 from realtime_notifications.unit_of_work import Transactions, UnitOfWork
 
@@ -78,12 +79,28 @@ async def test_a_running_write_whose_caller_is_cancelled_commits_and_wakes_the_r
     assert await sqlite.read(_titles) == ["late"]
 
 
-async def test_a_queued_write_whose_caller_is_cancelled_never_runs(sqlite: Database) -> None:
+async def test_a_queued_write_whose_caller_is_cancelled_never_runs(
+    sqlite: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(sqlite, SQLiteDatabase)
+    submitted: list[object] = []
+    both_queued = asyncio.Event()
+    submit = sqlite._writer.submit
+
+    def submit_and_tell(*args: Any, **kwargs: Any) -> Any:
+        future = submit(*args, **kwargs)
+        submitted.append(future)
+        if len(submitted) == 2:
+            loop.call_soon_threadsafe(both_queued.set)
+        return future
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(sqlite._writer, "submit", submit_and_tell)
     tx = Transactions(sqlite, lambda: None)
     release = threading.Event()
     blocker = asyncio.ensure_future(sqlite.write(lambda _conn: release.wait(10)))
     caller = asyncio.ensure_future(tx.write(lambda uow: uow.notifications.add(_new("gone"))))
-    await asyncio.sleep(0)  # one loop turn: both wait for the writer, the second queued
+    await both_queued.wait()  # the caller's write waits behind the blocker
 
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -93,3 +110,24 @@ async def test_a_queued_write_whose_caller_is_cancelled_never_runs(sqlite: Datab
     await sqlite.write(lambda _conn: None)
 
     assert await sqlite.read(_titles) == []
+
+
+async def test_a_write_that_raises_leaves_nothing_behind_on_either_database(
+    database_url: str,
+) -> None:
+    api = open_database(database_url)
+    relay = api.for_relay()
+    try:
+        await api.migrate()
+
+        def half_done(conn: Connection) -> None:
+            UnitOfWork(conn).notifications.add(_new("half"))
+            raise RuntimeError("the rest of the transaction failed")
+
+        for database in (api, relay):
+            with pytest.raises(RuntimeError):
+                await database.write(half_done)
+        assert await api.read(_titles) == []
+    finally:
+        await relay.dispose()
+        await api.dispose()

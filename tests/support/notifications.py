@@ -50,11 +50,13 @@ def make_settings(database_url: str, **overrides: Any) -> NotificationsSettings:
 
 
 class FakePublisher:
-    """In-memory `EventPublisher`; `down = True` makes every call fail like a lost broker."""
+    """In-memory `EventPublisher`; `down = True` makes every call fail like a lost broker,
+    `refusing = True` only the publishes (connected, but no confirm comes back)."""
 
     def __init__(self) -> None:
         self.published: list[PendingEvent] = []
         self.down = False
+        self.refusing = False
         self.attempts_while_down = 0
         self._changed = asyncio.Condition()
 
@@ -63,6 +65,8 @@ class FakePublisher:
 
     async def publish(self, event: PendingEvent) -> None:
         self._check()
+        if self.refusing:
+            raise BrokerUnavailable("fake broker refused the publish")
         async with self._changed:
             self.published.append(event)
             self._changed.notify_all()

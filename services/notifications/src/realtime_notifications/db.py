@@ -165,7 +165,7 @@ class SQLiteDatabase(Database):
 
 class _WriterSteps(Pinned):
     """SQLite's relay steps, on the writer thread in autocommit (a statement is its own
-    transaction): the claim takes no write lock, and a step with no SQL costs nothing."""
+    transaction), so the claim takes no write lock."""
 
     def __init__(self, database: SQLiteDatabase) -> None:
         self._database = database
@@ -208,14 +208,15 @@ class ServerDatabase(Database):
     @asynccontextmanager
     async def pinned(self) -> AsyncIterator[Pinned]:
         async with self.engine.connect() as conn:
+            # Each statement stands alone (see outbox): no BEGIN/COMMIT round trips, and
+            # no transaction held open while the relay waits for RabbitMQ.
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield _Connection(conn)
 
     def for_relay(self) -> Database:
         # Its own two connections: under load the API can hold every pooled one, and a
-        # relay queued behind requests would publish seconds late. Autocommit: each of
-        # its statements stands alone anyway (see outbox).
-        return ServerDatabase(self._url, RELAY_POOL_SIZE, autocommit=True)
+        # relay queued behind requests would publish seconds late.
+        return ServerDatabase(self._url, RELAY_POOL_SIZE)
 
     async def migrate(self) -> None:
         async with self.engine.begin() as conn:

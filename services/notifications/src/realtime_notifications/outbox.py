@@ -69,7 +69,7 @@ def claim(conn: Connection, limit: int) -> list[PendingEvent]:
     On PostgreSQL the caller must `release` on the same connection afterwards.
     """
     pending: sa.ColumnElement[bool] = outbox.c.sent_at.is_(None)
-    if conn.dialect.name != "sqlite":
+    if takes_locks(conn.dialect.name):
         users = _lock_users(conn, limit)
         if not users:
             return []
@@ -101,8 +101,13 @@ def _lock_users(conn: Connection, limit: int) -> list[str]:
     return list((conn.execute(sa.select(chosen.c.user_id).where(lock))).scalars())
 
 
+def takes_locks(dialect: str) -> bool:
+    """Whether `claim` holds locks that `release` must give back (not on SQLite)."""
+    return dialect != "sqlite"
+
+
 def release(conn: Connection) -> None:
-    if conn.dialect.name != "sqlite":
+    if takes_locks(conn.dialect.name):
         conn.execute(sa.select(sa.func.pg_advisory_unlock_all()))
 
 

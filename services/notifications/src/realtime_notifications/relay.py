@@ -21,7 +21,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 
 from realtime_notifications import outbox
 from realtime_notifications.broker import EventPublisher
-from realtime_notifications.db import Database
+from realtime_notifications.db import Database, Pinned
 from realtime_notifications.domain import utcnow
 from realtime_notifications.metrics import Metrics
 from realtime_notifications.repository import IdempotencyRepository
@@ -141,12 +141,19 @@ class OutboxRelay:
                         await conn.run(partial(outbox.mark_sent, ids=confirmed))
                         self._metrics.published.inc(len(confirmed))
             finally:
-                try:
-                    await conn.run(outbox.release)
-                except Exception:
-                    # Closing the session is what releases its advisory locks, then.
-                    await conn.invalidate()
+                if outbox.takes_locks(self._database.dialect):
+                    await self._release(conn)
         return len(sent)
+
+    async def _release(self, conn: Pinned) -> None:
+        try:
+            await conn.run(outbox.release)
+        except BaseException as exc:
+            # Dropping the session is what releases its locks, then; pooled, it would keep
+            # them and hold those users up for every other replica.
+            await conn.invalidate()
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the locks are gone with the session
 
     async def _publish_per_user(self, events: list[outbox.PendingEvent], sent: list[int]) -> None:
         """Users in parallel, each user's events one at a time in order; confirmed ids go
