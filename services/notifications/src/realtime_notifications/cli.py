@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 
 from realtime_notifications.settings import NotificationsSettings
 from realtime_shared.auth import KeyConfigError
 from realtime_shared.logs import configure_logging, uvicorn_log_config
 from realtime_shared.settings import add_process_arguments, settings_from_args
+from realtime_shared.startup import freeze_startup_heap
 
 DEFAULT_PORT = 8081
 
@@ -89,6 +91,11 @@ def _cannot_use(database_url: str, exc: Exception) -> str:
 def _serve(settings: NotificationsSettings, host: str, port: int) -> int:
     import uvicorn
 
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)  # the app's lifespan has run: migrated, relaying
+            freeze_startup_heap()
+
     from realtime_notifications.app import create_app
 
     try:
@@ -100,7 +107,7 @@ def _serve(settings: NotificationsSettings, host: str, port: int) -> int:
     if problem := asyncio.run(_use_database(settings, migrate=False)):
         print(f"notifications-service: {problem}", file=sys.stderr)
         return 1
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -108,6 +115,7 @@ def _serve(settings: NotificationsSettings, host: str, port: int) -> int:
         proxy_headers=True,
         lifespan="on",
     )
+    _Server(config).run()
     return 0
 
 

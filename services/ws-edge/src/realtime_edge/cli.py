@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import logging
 import resource
 import socket
@@ -19,13 +18,10 @@ from realtime_edge.wsprotocol import EdgeWebSocketProtocol, QuietAccepts
 from realtime_shared.auth import KeyConfigError
 from realtime_shared.logs import configure_logging, uvicorn_log_config
 from realtime_shared.settings import add_process_arguments, settings_from_args
+from realtime_shared.startup import freeze_startup_heap
 
 DRAIN_TIMEOUT = 3
 """How long SIGTERM waits for clients to acknowledge the 1001 close before exiting anyway."""
-
-
-GC_GEN0_THRESHOLD = 10_000
-"""Allocations between young-generation collections (CPython's default is 700)."""
 
 
 class EdgeServer(uvicorn.Server):
@@ -37,12 +33,7 @@ class EdgeServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        # What is alive now lives until exit: keep the cyclic collector from walking it on
-        # every collection, and collect young objects less often, since a connection storm
-        # allocates many long-lived ones (the bench saw ~10% of connect CPU in the GC).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+        freeze_startup_heap()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
