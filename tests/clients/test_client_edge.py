@@ -28,12 +28,8 @@ FAST = Backoff(base=0.05, cap=0.5)
 
 @pytest.fixture
 async def edge(amqp_url: str, exchange: str, tmp_path: Path) -> AsyncIterator[ServiceProcess]:
-    process = ServiceProcess("ws-edge", amqp_url, exchange, tmp_path)
-    try:
-        await process.start()
+    async with ServiceProcess("ws-edge", amqp_url, exchange, tmp_path) as process:
         yield process
-    finally:
-        await process.stop()
 
 
 @pytest.fixture

@@ -45,13 +45,8 @@ async def services(
         EDGE_DEMO="true",
         EDGE_NOTIFICATIONS_URL=api.base_url,
     )
-    try:
-        await api.start()
-        await edge.start()
+    async with api, edge:
         yield edge, api.base_url
-    finally:
-        await edge.stop()
-        await api.stop()
 
 
 class Api:

@@ -40,12 +40,8 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture
 async def edge(amqp_url: str, exchange: str, tmp_path: Path) -> AsyncIterator[ServiceProcess]:
-    process = ServiceProcess("ws-edge", amqp_url, exchange, tmp_path)
-    try:
-        await process.start()
+    async with ServiceProcess("ws-edge", amqp_url, exchange, tmp_path) as process:
         yield process
-    finally:
-        await process.stop()
 
 
 async def events(page: Page) -> list[str]:

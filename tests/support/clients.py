@@ -92,6 +92,17 @@ class ServiceProcess:
     async def stop(self) -> None:
         await asyncio.to_thread(self._terminate)
 
+    async def __aenter__(self) -> ServiceProcess:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
     def _terminate(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:

@@ -66,7 +66,7 @@ def add(conn: Connection, event: Event) -> None:
 def claim(conn: Connection, limit: int) -> list[PendingEvent]:
     """Pending events this relay may publish now, in id (commit) order per user.
 
-    On PostgreSQL the caller must `release` on the same connection afterwards.
+    Where `takes_locks`, the caller must `release` on the same connection afterwards.
     """
     pending: sa.ColumnElement[bool] = outbox.c.sent_at.is_(None)
     if takes_locks(conn.dialect.name):
@@ -107,8 +107,8 @@ def takes_locks(dialect: str) -> bool:
 
 
 def release(conn: Connection) -> None:
-    if takes_locks(conn.dialect.name):
-        conn.execute(sa.select(sa.func.pg_advisory_unlock_all()))
+    """Give back the locks `claim` took (only where `takes_locks`; the relay checks)."""
+    conn.execute(sa.select(sa.func.pg_advisory_unlock_all()))
 
 
 def mark_sent(conn: Connection, ids: Sequence[int], now: datetime | None = None) -> None:
