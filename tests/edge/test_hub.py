@@ -23,8 +23,12 @@ class Client:
     def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []
         self.closed: int | None = None
+        self.aborted = False
         self._writable = asyncio.Event()
         self._writable.set()
+
+    def abort(self) -> None:
+        self.aborted = True
 
     def stall(self) -> None:
         self._writable.clear()
@@ -41,7 +45,7 @@ def connection(hub: Hub, user: str, streams: list[str], limit: int = 4) -> Conne
     session = Session(Claims(sub=user, exp=2**31), max_streams=8)
     session.commit(session.plan(streams))
     client = Client()
-    conn = Connection(f"c-{user}-{len(hub.connections)}", session, client.send, limit)
+    conn = Connection(f"c-{user}-{len(hub.connections)}", session, client.send, limit, client.abort)
     CLIENTS[conn] = client
     hub.register(conn)
     return conn

@@ -11,7 +11,7 @@ slow, and it is closed (1013) instead of slowing anyone else down or growing mem
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.types import Send
@@ -21,19 +21,6 @@ from realtime_edge.protocol import Session
 
 DEFAULT_CLOSE_TIMEOUT = 10.0
 """How long a closing client has to read up to the close frame (uvicorn's own close wait)."""
-
-
-def _abort_transport(send: Send) -> None:
-    """Abort the TCP connection behind an ASGI `send` (uvicorn's protocol object).
-
-    ASGI has no "abort"; closing a transport with unsent data waits for the peer to read
-    it, forever if the peer never does, so a stalled client would keep its socket.
-    """
-    protocol = getattr(send, "__self__", None)
-    transport = getattr(protocol, "transport", None)
-    abort = getattr(transport, "abort", None)
-    if callable(abort):
-        abort()
 
 
 async def _awaiting(awaitable: Awaitable[None]) -> None:
@@ -59,8 +46,9 @@ async def _resume(coro: Coroutine[Any, Any, None], pending: object) -> None:
 
 class Connection:
     __slots__ = (
-        "_abort",
+        "_abort_timer",
         "_close_timeout",
+        "_drop",
         "_failed",
         "_limit",
         "_loop",
@@ -81,8 +69,11 @@ class Connection:
         session: Session,
         send: Send,
         limit: int,
+        abort: Callable[[], None],
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
+        """`abort` drops the socket at once: closing a transport with unsent data waits for
+        the peer to read it, forever if it never does, so a stalled client keeps its socket."""
         self.id = connection_id
         self.session = session
         self.user_id = session.user_id
@@ -95,7 +86,8 @@ class Connection:
         self._failed = False
         self._loop = asyncio.get_running_loop()
         self._close_timeout = close_timeout
-        self._abort: asyncio.TimerHandle | None = None
+        self._drop = abort
+        self._abort_timer: asyncio.TimerHandle | None = None
         self.close_code: CloseCode | None = None
         self.expiry: int | None = None  # the token deadline it is scheduled for (Deadlines)
         self.started = False  # True once `connected` is queued: only then may other frames go
@@ -124,7 +116,7 @@ class Connection:
             return
         self.close_code = code
         # A client that never reads never takes the close frame either: drop the socket then.
-        self._abort = self._loop.call_later(self._close_timeout, _abort_transport, self._send)
+        self._abort_timer = self._loop.call_later(self._close_timeout, self._drop)
         if not flush:
             self._queue.clear()
         if self._writer is None and not self._failed:
@@ -158,9 +150,9 @@ class Connection:
     async def dispose(self) -> None:
         """The socket is gone: no more sends, nothing pending."""
         self._failed = True
-        if self._abort is not None:
-            self._abort.cancel()
-            self._abort = None
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
         writer = self._writer
         if writer is not None:
             writer.cancel()

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 import orjson
@@ -34,6 +35,7 @@ from realtime_edge.protocol import (
     Unsubscribe,
     parse_command,
 )
+from realtime_edge.wsprotocol import ABORT_EXTENSION
 from realtime_shared.auth import AuthError
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,9 @@ class WebSocketEndpoint:
         admission = await self._admit(scope, send)
         if admission is not None:
             scope["headers"] = ()  # only the checks read them; idle connections stay smaller
-            await self._serve(admission, receive, send, scope.get("client"))
+            # Captured now: a middleware wrapping `send` would hide uvicorn's socket later.
+            abort = scope.get("extensions", {}).get(ABORT_EXTENSION)
+            await self._serve(admission, receive, send, scope.get("client"), abort)
 
     async def _admit(self, scope: Scope, send: Send) -> Admission | None:
         node = self.node
@@ -108,6 +112,7 @@ class WebSocketEndpoint:
         receive: Receive,
         send: Send,
         client: tuple[str, int] | None,
+        abort: Callable[[], None] | None,
     ) -> None:
         node = self.node
         settings = node.settings
@@ -120,6 +125,7 @@ class WebSocketEndpoint:
             session,
             send,
             settings.edge_send_queue,
+            abort or node.cannot_abort,
             settings.edge_close_timeout,
         )
         pending = node.hold(conn.user_id, session.streams)  # binding overlaps the upgrade

@@ -40,6 +40,11 @@ class EdgeMetrics:
             ["reason"],
             registry=r,
         )
+        self.abort_unavailable = Counter(
+            "edge_abort_unavailable",
+            "Stalled sockets that could not be dropped: the server offers no abort",
+            registry=r,
+        )
         self.bindings = Gauge("edge_bindings", "Routing keys bound to the node's queue", registry=r)
         self.broker_reconnects = Counter(
             "edge_broker_reconnects", "Times consumption resumed after losing RabbitMQ", registry=r

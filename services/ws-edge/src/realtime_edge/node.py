@@ -109,6 +109,14 @@ class Node:
         if not self._open:
             self._idle.set()
 
+    def cannot_abort(self) -> None:
+        """A stalled client's socket cannot be dropped: the server offers no abort."""
+        self.metrics.abort_unavailable.inc()
+        log.warning(
+            "cannot drop the socket of a client that stopped reading: the server gives the "
+            "app no way to abort it (run ws-edge's own server, not a bare ASGI server)"
+        )
+
     def send(self, conn: Connection, frame: str) -> None:
         """Queue a reply; a connection whose queue is full is a slow consumer."""
         if not conn.deliver(frame) and not conn.closing:

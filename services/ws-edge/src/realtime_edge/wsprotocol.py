@@ -1,9 +1,17 @@
-"""uvicorn's sans-I/O WebSocket protocol, made lighter per open connection.
+"""uvicorn's sans-I/O WebSocket protocol, made lighter per connection and bounded.
 
 Idle connections dominate an edge's memory. uvicorn gives each one an `asyncio.Queue`
 and an `asyncio.Event` (five empty deques, ~760 bytes each) and keeps the upgrade
 request and response for the socket's lifetime, though only the handshake reads them.
-The behaviour is uvicorn's own; only these containers change.
+Those containers are replaced with lighter ones.
+
+A peer's own traffic is bounded too. uvicorn answers every PING with a PONG written
+straight to the transport, even while writing is paused, and never stops reading for
+control frames; so a peer that sends pings and never reads made the edge buffer every
+pong. Here reading stops while writing is paused (TCP pushes back on the peer), pongs
+are not written while the write buffer is over its high-water mark (RFC 6455 §5.5.3
+allows answering only the latest ping), and a keepalive timeout aborts the socket and
+tells the app, where uvicorn's `close()` would wait forever for the buffer to drain.
 """
 
 from __future__ import annotations
@@ -15,6 +23,15 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 ACCEPTED_LOG_MESSAGE = '%s - "WebSocket %s" [accepted]'
+
+ABORT_EXTENSION = "realtime.abort"
+"""Scope extension holding a callable that drops the TCP connection at once.
+
+ASGI has no "abort"; the app captures this at accept time, so a middleware that wraps
+`send` cannot hide the socket from it."""
+
+_PONG = b"\x8a"
+"""First byte of an unfragmented, unmasked PONG frame (FIN + opcode 0xA) as servers send it."""
 
 
 class Inbox:
@@ -101,6 +118,63 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = Flag(True)  # type: ignore[assignment]
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # only an upgrade has one
+        if scope is not None:
+            scope["extensions"][ABORT_EXTENSION] = self.abort
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent data and all; the app gets its disconnect."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- the peer's own traffic stays bounded --------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        # Frames the app has not read yet keep reading paused; `receive` resumes it then.
+        if self.read_paused and self.queue.empty() and not self.disconnected:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    async def receive(self) -> Any:
+        message = await self.queue.get()
+        if self.read_paused and self.queue.empty() and self.writable.is_set():
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
+
+    def handle_ping(self) -> None:
+        output = self.conn.data_to_send()
+        if not self.writable.is_set():
+            # The peer is not reading: its pings get no pong (nor buffer memory) until it does.
+            output = [frame for frame in output if frame[:1] != _PONG]
+        if output:
+            self.transport.write(b"".join(output))
+
+    def keepalive_timeout(self) -> None:
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.conn.fail(1011, "keepalive ping timeout")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        # The app sees why (1011, as the edge's close codes say), not a bare 1005.
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": 1011, "reason": "keepalive ping timeout"}
+        )
+        # Not `close()`: that waits for the write buffer to drain, forever if the peer
+        # never reads. `abort()` ends the socket now, and `connection_lost` tells the app.
+        self.transport.abort()
 
     def start_keepalive(self) -> None:
         # uvicorn calls this once, right after writing the 101 response: the handshake
