@@ -106,10 +106,29 @@ async def test_an_expired_token_says_so(client: httpx.AsyncClient) -> None:
     assert "expired" in response.json()["error"]["message"]
 
 
-async def test_no_token_wins_over_a_bad_body(client: httpx.AsyncClient) -> None:
-    headers = {"Content-Type": "application/json"}
-    response = await client.post(BASE, content=b"{not json", headers=headers)
-    assert response.status_code == 401
+WRITES = [r for r in ROUTES if r[0] != "GET"]
+UNPARSEABLE = {
+    "not JSON": b"{not json",
+    "not UTF-8": b'{"user_id": "\xc3\x28"}',
+    "wrong shape": b'{"user_id": 1}',
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "_body"), WRITES, ids=[f"{m} {p}" for m, p, _ in WRITES]
+)
+async def test_without_a_valid_token_a_bad_body_is_401_not_422(
+    client: httpx.AsyncClient, alices: str, method: str, path: str, _body: object
+) -> None:
+    """Authentication comes first: a caller without a token learns nothing about bodies."""
+    for credentials in ("none", "garbage", "expired"):
+        for name, content in UNPARSEABLE.items():
+            headers = {**BAD_CREDENTIALS[credentials], "Content-Type": "application/json"}
+            response = await client.request(
+                method, path.replace(ID, alices), content=content, headers=headers
+            )
+            assert response.status_code == 401, f"{credentials} token, {name}: {response.text}"
+            assert response.json()["error"]["code"] == "UNAUTHORIZED"
 
 
 @pytest.mark.parametrize(("method", "path", "body"), PER_ID, ids=[r[1] for r in PER_ID])

@@ -73,19 +73,24 @@ def install(app: FastAPI, check_token: Callable[[Request], object]) -> None:
     async def on_not_found(_request: Request, _exc: Exception) -> Response:
         return error_response(404, "no such notification")
 
-    async def on_invalid(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
+    def invalid(request: Request, message: str) -> Response:
+        # FastAPI reads the body before any dependency runs, so a bad body is found before
+        # the token is checked: check it here, or a caller without one would learn a 422.
         try:
             check_token(request)
         except AuthError as auth:
             return unauthorized(auth)
-        return error_response(422, describe(exc))
+        return error_response(422, message)
 
-    async def on_http(_request: Request, exc: Exception) -> Response:
+    async def on_invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return invalid(request, describe(exc))
+
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 400:
             # FastAPI's only 400 is a body it cannot decode (e.g. not UTF-8): bad JSON to us.
-            return error_response(422, f"request body is not valid JSON: {exc.detail}")
+            return invalid(request, f"request body is not valid JSON: {exc.detail}")
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
     async def on_database_error(request: Request, exc: Exception) -> Response:
