@@ -239,6 +239,55 @@ async def test_bad_fields_are_422_with_the_field_named(
     assert publisher.published == []
 
 
+SAFE_LINKS = [
+    "https://ci.example/42?tab=log#L7",
+    "http://localhost:8080/x",
+    "HTTPS://CI.example/42",
+    "/builds/42",
+    "/",
+    "/search?q=a%20b",
+]
+UNSAFE_LINKS = [
+    "javascript:alert(document.domain)",
+    " JavaScript:alert(1)",
+    "JAVASCRIPT:alert(1)",
+    "java\tscript:alert(1)",
+    "\x01javascript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "vbscript:msgbox(1)",
+    "ftp://files.example/x",
+    "//evil.example/x",
+    "/\\evil.example/x",
+    "/\t/evil.example/x",
+    " /x",
+    "builds/42",
+    "https://",
+    "https:///",
+    "http://[::1",
+    "mailto:ops@example.com",
+]
+
+
+async def test_action_url_is_an_http_url_or_a_path_on_the_same_origin(
+    client: httpx.AsyncClient, auth: Auth, publisher: FakePublisher
+) -> None:
+    ops = auth("ops", manage=True)
+    for link in UNSAFE_LINKS:
+        response = await client.post(
+            BASE, json={"user_id": "alice", "type": "x", "action_url": link}, headers=ops
+        )
+        assert response.status_code == 422, f"{link!r}: {response.text}"
+        error = response.json()["error"]
+        assert error["code"] == "VALIDATION_ERROR" and "action_url" in error["message"]
+    assert (await client.get(BASE, headers=auth("alice"))).json() == []
+
+    for link in SAFE_LINKS:
+        n = await create(client, auth, action_url=link)
+        assert n["action_url"] == link  # stored and returned as given
+    events = await publisher.wait_for(len(SAFE_LINKS))
+    assert [e.data["notification"]["action_url"] for e in events] == SAFE_LINKS
+
+
 async def test_bad_json_is_422(client: httpx.AsyncClient, auth: Auth) -> None:
     headers = {**auth("ops", manage=True), "Content-Type": "application/json"}
     response = await client.post(BASE, content=b'{"user_id": "alice",', headers=headers)

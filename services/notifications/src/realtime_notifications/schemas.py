@@ -10,7 +10,16 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 
 from realtime_notifications.domain import STREAM, EventName, Severity
 from realtime_shared.routing import fits_routing_key
@@ -67,6 +76,33 @@ def _routable(user_id: str) -> str:
     return user_id
 
 
+_HTTP_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
+
+
+def _link(value: str) -> str:
+    """An `http`/`https` URL with a host, or a path on the page's own origin.
+
+    Clients put it in an `href`, so it must never run code (`javascript:`, `data:`) or
+    leave the origin while looking like a path. Browsers strip spaces and controls around a
+    URL and tabs and newlines inside it (` JavaScript:` is `javascript:`, `/` tab `/x` is
+    `//x`), so those are refused rather than judged; pydantic's URL type parses the rest
+    as browsers do (WHATWG).
+    """
+    if any(c.isspace() or c < " " or c == "\x7f" for c in value):
+        raise ValueError("must not contain spaces or control characters: percent-encode them")
+    if value.startswith("/"):
+        if value[1:2] in ("/", "\\"):  # a browser reads //host and /\host as another host
+            raise ValueError("must be a path on this origin: it must not start with // or /\\")
+        return value
+    try:
+        _HTTP_URL.validate_python(value)
+    except ValidationError:
+        raise ValueError(
+            "must be an http or https URL with a host, or a path starting with /"
+        ) from None
+    return value
+
+
 Text = Annotated[str, AfterValidator(_storable)]
 UserId = Annotated[str, Field(min_length=1), AfterValidator(_storable), AfterValidator(_routable)]
 
@@ -81,7 +117,17 @@ class CreateNotification(BaseModel):
     title: Annotated[Text, Field(max_length=MAX_TITLE_CHARS)] | None = None
     message: Annotated[Text, Field(max_length=MAX_MESSAGE_CHARS)] | None = None
     severity: Severity = Severity.INFO
-    action_url: Annotated[Text, Field(max_length=MAX_URL_CHARS)] | None = None
+    action_url: (
+        Annotated[
+            Text,
+            Field(
+                max_length=MAX_URL_CHARS,
+                description="an http or https URL, or a path starting with / (not //)",
+            ),
+            AfterValidator(_link),
+        ]
+        | None
+    ) = None
     metadata: Annotated[dict[str, Any], AfterValidator(_storable_metadata)] | None = None
 
 
