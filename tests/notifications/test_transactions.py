@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from realtime_notifications.db import Database, SQLiteDatabase, open_database
 from realtime_notifications.domain import Notification, created, utcnow
-from realtime_notifications.unit_of_work import Transactions, UnitOfWork
+from realtime_notifications.unit_of_work import Transactions, UnitOfWork, UserNotLocked
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +63,7 @@ async def test_a_running_write_whose_caller_is_cancelled_commits_and_wakes_the_r
         running.set()
         release.wait(10)
         n = _new("late")
+        uow.lock_user(n.user_id)
         uow.notifications.add(n)
         uow.publish(created(n, utcnow()))
 
@@ -131,3 +132,25 @@ async def test_a_write_that_raises_leaves_nothing_behind_on_either_database(
     finally:
         await relay.dispose()
         await api.dispose()
+
+
+async def test_an_event_without_its_users_lock_is_refused_and_nothing_commits(
+    database_url: str,
+) -> None:
+    """Events are in commit order per user only if every writer of that user takes its
+    lock first: a use case that forgets fails at once, on every database, in every test."""
+    database = open_database(database_url)
+    try:
+        await database.migrate()
+        tx = Transactions(database, lambda: None)
+
+        def unlocked(uow: UnitOfWork) -> None:
+            n = _new("unlocked")
+            uow.notifications.add(n)
+            uow.publish(created(n, utcnow()))
+
+        with pytest.raises(UserNotLocked):
+            await tx.write(unlocked)
+        assert await database.read(_titles) == []
+    finally:
+        await database.dispose()

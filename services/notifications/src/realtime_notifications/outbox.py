@@ -10,6 +10,10 @@ what makes it safe: rows are read only after the locks are taken (a later
 statement, a fresh snapshot), and marked sent before the locks are released,
 so the relay can run them in autocommit. SQLite is one process with one relay,
 which needs no lock.
+
+Ids are taken at insert, so they are in commit order per user only if one
+user's writes never overlap: every writing transaction first takes that
+user's transaction-scoped lock (`lock_user`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from realtime_notifications.domain import Event, utcnow
 from realtime_notifications.models import outbox
 
 USER_LOCK_NAMESPACE = 0x6F757462  # "outb": first key of pg_try_advisory_lock(int, int)
+WRITE_LOCK_NAMESPACE = 0x77726974  # "writ": a user's writers, apart from the relays' locks
 
 # Built once, values passed as parameters: no statement to build and key per execution.
 _INSERT = outbox.insert()
@@ -61,6 +66,26 @@ def add(conn: Connection, event: Event) -> None:
             "created_at": event.occurred_at,
         },
     )
+
+
+def lock_user(conn: Connection, user_id: str) -> None:
+    """Make this transaction the only writer of `user_id`'s rows until it ends.
+
+    Taken first in every transaction that writes a user's notifications or events: a
+    second writer waits here, before it reads anything or takes an outbox id, so ids
+    (and what each transaction read) follow commit order. A transaction lock: commit
+    or rollback releases it, nothing can leak. SQLite's writes are serial already.
+    """
+    if takes_locks(conn.dialect.name):
+        conn.execute(_LOCK_USER, {"namespace": WRITE_LOCK_NAMESPACE, "user_id": user_id})
+
+
+_LOCK_USER = sa.select(
+    sa.func.pg_advisory_xact_lock(
+        sa.bindparam("namespace", type_=sa.Integer),
+        sa.func.hashtext(sa.bindparam("user_id", type_=sa.Text)),
+    )
+)
 
 
 def claim(conn: Connection, limit: int) -> list[PendingEvent]:

@@ -1,4 +1,8 @@
-"""The use cases. Each write is one unit of work: a state change and its event commit together."""
+"""The use cases. Each write is one unit of work: a state change and its event commit together.
+
+Each write first locks the user it changes (`UnitOfWork.lock_user`), so one user's
+writes commit one after another and their events leave in that order.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ class NotificationService:
         body = n.to_dict()
 
         def write(uow: UnitOfWork) -> None:
+            uow.lock_user(n.user_id)
             uow.notifications.add(n)
             if idempotency_key is not None:
                 uow.idempotency.add(caller.sub, idempotency_key, orjson.dumps(body), now)
@@ -103,6 +108,7 @@ class NotificationService:
         now = utcnow()
 
         def write(uow: UnitOfWork) -> Notification:
+            uow.lock_user(caller.sub)
             n = uow.notifications.get(caller.sub, notification_id, for_update=True)
             if n is None:
                 raise NotificationNotFound(notification_id)
@@ -117,6 +123,7 @@ class NotificationService:
         now = utcnow()
 
         def write(uow: UnitOfWork) -> None:
+            uow.lock_user(caller.sub)
             if not uow.notifications.delete(caller.sub, notification_id):
                 raise NotificationNotFound(notification_id)
             uow.publish(domain.deleted(caller.sub, notification_id, now))
@@ -127,6 +134,7 @@ class NotificationService:
         now = utcnow()
 
         def write(uow: UnitOfWork) -> int:
+            uow.lock_user(caller.sub)
             count = uow.notifications.mark_all_read(caller.sub, now)
             uow.publish(domain.read_all(caller.sub, count, now))
             return count

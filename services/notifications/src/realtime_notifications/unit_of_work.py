@@ -2,7 +2,9 @@
 
 A use case writes its transaction as one plain function of a `UnitOfWork`;
 `Transactions` runs it on the database (see `db`) and wakes the relay after a
-commit that wrote events.
+commit that wrote events. Its first step is `lock_user` for the user whose
+rows it changes: one user's writes then run one after another, so their
+events are numbered, and published, in commit order.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from realtime_notifications.repository import IdempotencyRepository, Notificatio
 T = TypeVar("T")
 
 
+class UserNotLocked(RuntimeError):
+    """A use case wrote an event without `lock_user` first: a bug, never a client error."""
+
+
 class UnitOfWork:
     """The repositories and the outbox, on one transaction's connection."""
 
@@ -29,9 +35,20 @@ class UnitOfWork:
         self.notifications = NotificationRepository(conn)
         self.idempotency = IdempotencyRepository(conn)
         self.events = 0
+        self._locked: set[str] = set()
+
+    def lock_user(self, user_id: str) -> None:
+        """Wait until no other transaction writes `user_id`'s rows, and keep it so until
+        this one ends. Call it first, before reading or locking any row: writers of one
+        user then never hold what the other waits for."""
+        if user_id not in self._locked:
+            outbox.lock_user(self._conn, user_id)
+            self._locked.add(user_id)
 
     def publish(self, event: Event) -> None:
         """Queue `event` in the outbox; it leaves only if this transaction commits."""
+        if event.user_id not in self._locked:
+            raise UserNotLocked(f"lock_user({event.user_id!r}) must come before its events")
         outbox.add(self._conn, event)
         self.events += 1
 
