@@ -52,6 +52,7 @@ def create_app(
                 metrics,
                 poll_interval=settings.outbox_poll_interval,
                 batch_size=settings.outbox_batch_size,
+                batch_per_user=settings.outbox_batch_per_user,
                 retention=timedelta(seconds=settings.outbox_retention_seconds),
                 backoff_cap=settings.outbox_backoff_cap,
             )

@@ -13,11 +13,14 @@ which needs no lock.
 
 Ids are taken at insert, so they are in commit order per user only if one
 user's writes never overlap: every writing transaction first takes that
-user's transaction-scoped lock (`lock_user`).
+user's transaction-scoped lock (`lock_user`). A batch takes at most
+`per_user` rows of each user, so one user's backlog cannot fill it and hold
+every other user's events back.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -88,8 +91,19 @@ _LOCK_USER = sa.select(
 )
 
 
-def claim(conn: Connection, limit: int) -> list[PendingEvent]:
-    """Pending events this relay may publish now, in id (commit) order per user.
+_PENDING_COLUMNS = (
+    outbox.c.id,
+    outbox.c.event_id,
+    outbox.c.user_id,
+    outbox.c.routing_key,
+    outbox.c.body,
+)
+"""A `PendingEvent`'s fields, in its order."""
+
+
+def claim(conn: Connection, limit: int, per_user: int) -> list[PendingEvent]:
+    """Pending events this relay may publish now: at most `limit`, at most `per_user` of
+    each user, in id (commit) order per user.
 
     Where `takes_locks`, the caller must `release` on the same connection afterwards.
     """
@@ -99,15 +113,24 @@ def claim(conn: Connection, limit: int) -> list[PendingEvent]:
         if not users:
             return []
         pending = pending & outbox.c.user_id.in_(users)
+    # Each user's rows numbered in id order, so a batch takes the oldest `per_user` of each.
+    rank = sa.func.row_number().over(partition_by=outbox.c.user_id, order_by=outbox.c.id)
+    ranked = sa.select(*_PENDING_COLUMNS, rank.label("rank")).where(pending).subquery()
     query = (
-        sa.select(
-            outbox.c.id, outbox.c.event_id, outbox.c.user_id, outbox.c.routing_key, outbox.c.body
-        )
-        .where(pending)
-        .order_by(outbox.c.id)
+        sa.select(*(ranked.c[column.name] for column in _PENDING_COLUMNS))
+        .where(ranked.c.rank <= per_user)
+        .order_by(ranked.c.id)
         .limit(limit)
     )
     return [PendingEvent(*row) for row in conn.execute(query)]
+
+
+def is_full(events: Sequence[PendingEvent], limit: int, per_user: int) -> bool:
+    """Whether a claim may have left pending rows behind (it hit one of its caps)."""
+    if len(events) >= limit:
+        return True
+    counts = Counter(event.user_id for event in events)
+    return bool(counts) and max(counts.values()) >= per_user
 
 
 def _lock_users(conn: Connection, limit: int) -> list[str]:

@@ -47,6 +47,7 @@ class OutboxRelay:
         *,
         poll_interval: float,
         batch_size: int,
+        batch_per_user: int,
         retention: timedelta,
         backoff_cap: float,
     ) -> None:
@@ -55,6 +56,7 @@ class OutboxRelay:
         self._metrics = metrics
         self._poll_interval = poll_interval
         self._batch_size = batch_size
+        self._batch_per_user = batch_per_user
         self._retention = retention
         self._backoff_cap = backoff_cap
         self._wake = asyncio.Event()
@@ -123,16 +125,19 @@ class OutboxRelay:
         """Publish until nothing this relay may publish is pending; returns how many it sent."""
         total = 0
         while True:
-            sent = await self._publish_batch()
+            sent, full = await self._publish_batch()
             total += sent
-            if sent < self._batch_size:
+            if not full:
                 return total
 
-    async def _publish_batch(self) -> int:
+    async def _publish_batch(self) -> tuple[int, bool]:
+        """Claim, publish and mark one batch: how many were sent, and whether the claim hit
+        a cap (so more may be pending)."""
         sent: list[int] = []
+        limit, per_user = self._batch_size, self._batch_per_user
         async with self._database.pinned() as conn:
             try:
-                events = await conn.run(partial(outbox.claim, limit=self._batch_size))
+                events = await conn.run(partial(outbox.claim, limit=limit, per_user=per_user))
                 try:
                     await self._publish_per_user(events, sent)
                 finally:
@@ -143,7 +148,7 @@ class OutboxRelay:
             finally:
                 if outbox.takes_locks(self._database.dialect):
                     await self._release(conn)
-        return len(sent)
+        return len(sent), outbox.is_full(events, limit, per_user)
 
     async def _release(self, conn: Pinned) -> None:
         try:

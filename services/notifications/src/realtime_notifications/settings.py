@@ -8,6 +8,12 @@ from realtime_shared.settings import CommaList, RealtimeSettings, split_commas
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./notifications.db"
 
+OUTBOX_BATCH_PER_USER = 20
+"""A user's events are published one confirm at a time, so a batch lasts about this many
+confirms (a few ms): short enough that a user with a backlog holds a batch briefly, and
+users behind it go out in the same batch; long enough that a backlog costs one claim per
+20 events."""
+
 DEV_CORS_ORIGIN_REGEX = r"^https?://(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d+)?$"
 """In --dev the demo page is served by the edge on another loopback port: allow any."""
 
@@ -25,6 +31,13 @@ class NotificationsSettings(RealtimeSettings):
         "once, so polling only picks up other replicas' rows and missed wake-ups",
     )
     outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
+    outbox_batch_per_user: int = Field(
+        default=OUTBOX_BATCH_PER_USER,
+        ge=1,
+        le=10_000,
+        description="events of one user per relay batch, so one user's backlog cannot fill "
+        "a batch and hold other users' events back",
+    )
     outbox_retention_seconds: float = Field(
         default=86_400.0,
         ge=0,
