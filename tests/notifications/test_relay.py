@@ -1,7 +1,10 @@
-"""The outbox relay: fair batches across users."""
+"""The outbox relay: fair batches across users, and a relay that dies is seen and restarted."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -9,14 +12,19 @@ from sqlalchemy.engine import Connection
 from support.notifications import (
     FakePublisher,
     make_settings,
+    running_app,
+    until_metric,
+    until_ready,
 )
 
 from realtime_notifications import outbox
 from realtime_notifications.db import open_database
 from realtime_notifications.domain import Event, EventName
 from realtime_notifications.metrics import Metrics
-from realtime_notifications.relay import OutboxRelay
+from realtime_notifications.relay import RESTART_DELAY, OutboxRelay
 
+Auth = Callable[..., dict[str, str]]
+BASE = "/api/notifications"
 BACKLOG = 1_000
 
 
@@ -57,3 +65,43 @@ async def test_one_users_backlog_does_not_hold_back_another_users_event(
     finally:
         await relay_database.dispose()
         await database.dispose()
+
+
+class Crash(BaseException):
+    """Not an `Exception`: the relay's retry lets it through, as it must for cancellation."""
+
+
+@pytest.mark.component
+@pytest.mark.parametrize(
+    "fault",
+    # aiormq fails a closed channel's pending calls with CancelledError, not our cancel.
+    [asyncio.CancelledError, Crash],
+    ids=["library CancelledError", "BaseException"],
+)
+async def test_a_relay_that_dies_is_logged_counted_not_ready_and_restarted(
+    database_url: str, auth: Auth, caplog: pytest.LogCaptureFixture, fault: type[BaseException]
+) -> None:
+    publisher = FakePublisher()
+    publisher.fault = fault
+    async with running_app(make_settings(database_url), publisher) as client:
+        created = await client.post(
+            BASE, json={"user_id": "alice", "type": "t"}, headers=auth("ops", manage=True)
+        )
+        assert created.status_code == 201
+
+        await until_metric(client, "notifications_relay_crashes_total", 1, at_least=True)
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert "outbox relay stopped" in ready.json()["error"]["message"]
+        [crash, *_] = [
+            r
+            for r in caplog.records
+            if r.name == "realtime_notifications.relay" and r.levelno == logging.ERROR
+        ]
+        assert "outbox relay stopped unexpectedly" in crash.getMessage()
+        assert crash.exc_info is not None and crash.exc_info[0] is fault
+
+        publisher.fault = None  # whatever it was went away: the next restart publishes
+        [event] = await publisher.wait_for(1, within=RESTART_DELAY * 4 + 5)
+        assert event.data["notification_id"] == created.json()["id"]
+        await until_ready(client, 200)

@@ -51,12 +51,14 @@ def make_settings(database_url: str, **overrides: Any) -> NotificationsSettings:
 
 class FakePublisher:
     """In-memory `EventPublisher`; `down = True` makes every call fail like a lost broker,
-    `refusing = True` only the publishes (connected, but no confirm comes back)."""
+    `refusing = True` only the publishes (connected, but no confirm comes back), and
+    every publish raises `fault` while it is set (an error no retry is meant for)."""
 
     def __init__(self) -> None:
         self.published: list[PendingEvent] = []
         self.down = False
         self.refusing = False
+        self.fault: type[BaseException] | None = None
         self.attempts_while_down = 0
         self._changed = asyncio.Condition()
 
@@ -65,6 +67,8 @@ class FakePublisher:
 
     async def publish(self, event: PendingEvent) -> None:
         self._check()
+        if self.fault is not None:
+            raise self.fault("fake publisher fault")
         if self.refusing:
             raise BrokerUnavailable("fake broker refused the publish")
         async with self._changed:

@@ -58,6 +58,7 @@ def create_app(
             )
             app.state.database = database
             app.state.publisher = events
+            app.state.relay = relay
             app.state.service = NotificationService(Transactions(database, relay.wake))
             relay.start()
             try:
@@ -93,6 +94,8 @@ def create_app(
             problems.append(f"database: {exc.__class__.__name__}")
         if not await request.app.state.publisher.is_connected():
             problems.append("broker: not connected")
+        if not request.app.state.relay.running:
+            problems.append("outbox relay stopped")
         if problems:
             return errors.error_response(503, "; ".join(problems))
         return api.json({"status": "ready"})

@@ -41,6 +41,11 @@ class Metrics:
             "Events published and confirmed by RabbitMQ",
             registry=self.registry,
         )
+        self.relay_crashes = Counter(
+            "notifications_relay_crashes",
+            "Times the outbox relay stopped unexpectedly; it is restarted with backoff",
+            registry=self.registry,
+        )
         self.publish_failures = Counter(
             "notifications_outbox_publish_failures",
             "Relay attempts that failed (broker or database errors); each is retried",

@@ -4,6 +4,11 @@ An event is marked sent only after the broker confirmed it, so a crash between
 the two republishes it (at-least-once; consumers dedupe on `meta.event_id`).
 Broker or database errors never stop the loop: it retries with capped
 exponential backoff while the API keeps serving and the backlog grows.
+
+Anything else that ends the loop (an error the retry refuses, a fault in the
+retry machinery itself) would leave the API answering 201 while nothing is
+ever published, so a supervisor logs it at ERROR, counts it, reports the relay
+stopped (`/readyz` 503) and starts the loop again after a growing pause.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ STOP_TIMEOUT = 5.0
 PRUNE_INTERVAL = 60.0
 """Seconds between deletions of sent rows (and idempotency keys) older than the retention."""
 
+RESTART_DELAY = 1.0
+"""Seconds before a crashed relay runs again, doubled after each crash in a row: a crash is a
+fault of the code or a library, not an outage, so retrying at once would only fill the log."""
+
+RESTART_DELAY_CAP = 60.0
+"""Longest pause between restarts: a relay that keeps crashing still tries once a minute, so
+it recovers by itself within a minute of what made it crash going away."""
+
 
 class OutboxRelay:
     def __init__(
@@ -63,13 +76,20 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
+        self._running = False
 
     def wake(self) -> None:
         """Called after a commit that wrote events: publish now rather than at the next poll."""
         self._wake.set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        self._running = True
+        self._task = asyncio.create_task(self._supervise(), name="outbox-relay")
+
+    @property
+    def running(self) -> bool:
+        """False from a crash until the restarted relay has finished a round (for /readyz)."""
+        return self._running
 
     async def stop(self) -> None:
         """Let the current batch finish (so what was confirmed is marked sent), then end."""
@@ -86,6 +106,42 @@ class OutboxRelay:
                 await task
         except Exception:
             log.debug("outbox relay ended with an error while stopping", exc_info=True)
+
+    async def _supervise(self) -> None:
+        """Run the loop; whenever it ends while the service is not stopping, restart it."""
+        delay = RESTART_DELAY
+        while True:
+            try:
+                await self._run()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                if self._stopping.is_set() or _is_our_cancellation(exc):
+                    raise
+                delay = self._crashed(exc, delay)
+            else:
+                if self._stopping.is_set():
+                    return
+                delay = self._crashed(None, delay)
+            await self._pause(delay)
+            if self._stopping.is_set():
+                return
+            delay = min(delay * 2, RESTART_DELAY_CAP)
+
+    def _crashed(self, exc: BaseException | None, delay: float) -> float:
+        """Say so and count it; return the pause before the restart (reset after a good round)."""
+        if self._running:
+            delay = RESTART_DELAY
+        self._running = False
+        self._metrics.relay_crashes.inc()
+        log.error(
+            "outbox relay stopped unexpectedly (%s); nothing is published until it runs "
+            "again; restarting it in %.1f s",
+            repr(exc) if exc is not None else "its loop returned",
+            delay,
+            exc_info=exc,
+        )
+        return delay
 
     async def _run(self) -> None:
         retrying = AsyncRetrying(
@@ -104,6 +160,7 @@ class OutboxRelay:
                     await self._publisher.connect()
                     await self.drain()
                     await self._maybe_prune()
+            self._running = True  # a full round went through: ready again after a crash
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
 
@@ -193,3 +250,10 @@ class OutboxRelay:
         pruned, keys = await self._database.write(prune)
         if pruned or keys:
             log.info("pruned %d sent events and %d idempotency keys", pruned, keys)
+
+
+def _is_our_cancellation(exc: BaseException) -> bool:
+    """Whether `exc` cancels this task (stop, shutdown), not a `CancelledError` that a
+    library raised from inside a call (a closed channel's futures): only that is a crash."""
+    task = asyncio.current_task()
+    return isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling() > 0
