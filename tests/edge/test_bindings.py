@@ -149,3 +149,42 @@ async def test_after_losing_the_queue_held_keys_are_bound_again_and_released_one
     assert [c[:2] for c in again.channel.calls] == [("bind", "a")]
     assert len(bindings) == 1
     await again.stop()
+
+
+class GatedChannel(RecordingChannel):
+    """A channel whose synchronous binds wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.binding = asyncio.Event()
+
+    async def queue_bind(self, queue: str, exchange: str, key: str, nowait: bool = False) -> Any:
+        self.calls.append(("bind", key, nowait))
+        self.binding.set()
+        await self.gate.wait()
+
+
+async def test_a_bind_in_flight_never_confirms_a_newer_holder_queued_behind_an_unbind() -> None:
+    bindings = Bindings(unbind_delay=0, metrics=EdgeMetrics())
+    channel = GatedChannel()
+    restored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(bindings.serve(channel, "q", "ex", restored))  # type: ignore[arg-type]
+    first = bindings.acquire("chat.u")
+    await asyncio.wait_for(channel.binding.wait(), 1)  # the bind is on its way
+    bindings.release("chat.u")  # gone before its bind returns: an unbind queues
+    newer = bindings.acquire("chat.u")  # and a new holder's bind behind that unbind
+    seen_when_bound: list[tuple[str, str]] = []
+    newer.add_done_callback(lambda _: seen_when_bound.extend(c[:2] for c in channel.calls))
+    channel.gate.set()
+    await asyncio.wait_for(newer, 1)
+    # When the newer holder hears "bound", the broker has seen bind, unbind, bind.
+    assert seen_when_bound == [
+        ("bind", "chat.u"),
+        ("unbind", "chat.u"),
+        ("bind", "chat.u"),
+    ]
+    assert first.cancelled()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

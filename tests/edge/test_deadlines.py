@@ -19,7 +19,9 @@ async def _ignore(message: Any) -> None:
 
 
 def conn(name: str) -> Connection:
-    return Connection(name, Session(Claims(sub=name, exp=2**31), max_streams=4), _ignore, 4, abort=lambda: None)
+    return Connection(
+        name, Session(Claims(sub=name, exp=2**31), max_streams=4), _ignore, 4, abort=lambda: None
+    )
 
 
 class Expired:

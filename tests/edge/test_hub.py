@@ -24,6 +24,7 @@ class Client:
         self.frames: list[dict[str, Any]] = []
         self.closed: int | None = None
         self.aborted = False
+        self.texts: list[str] = []
         self._writable = asyncio.Event()
         self._writable.set()
 
@@ -38,6 +39,7 @@ class Client:
         if message["type"] == "websocket.close":
             self.closed = message["code"]
         else:
+            self.texts.append(message["text"])
             self.frames.append(orjson.loads(message["text"]))
 
 
@@ -53,6 +55,8 @@ def connection(hub: Hub, user: str, streams: list[str], limit: int = 4) -> Conne
 
 CLIENTS: dict[Connection, Client] = {}
 
+MAX_MESSAGE = 1 << 20
+
 
 def queued(conn: Connection) -> list[dict[str, Any]]:
     """What the client has received so far."""
@@ -64,7 +68,7 @@ def body(stream: str, event: str, **data: object) -> bytes:
 
 
 async def test_a_user_key_reaches_that_users_connections_on_that_stream_only() -> None:
-    hub = Hub(EdgeMetrics())
+    hub = Hub(EdgeMetrics(), MAX_MESSAGE)
     a1 = connection(hub, "a.b", ["notifications"])
     a2 = connection(hub, "a.b", ["notifications", "chat"])
     other = connection(hub, "a", ["notifications"])
@@ -76,7 +80,7 @@ async def test_a_user_key_reaches_that_users_connections_on_that_stream_only() -
 
 
 async def test_a_stream_key_reaches_every_holder() -> None:
-    hub = Hub(EdgeMetrics())
+    hub = Hub(EdgeMetrics(), MAX_MESSAGE)
     conns = [connection(hub, user, ["chat"]) for user in ("x", "y")]
     bystander = connection(hub, "z", ["notifications"])
     hub.dispatch(stream_key("chat"), body("chat", "all"))
@@ -85,7 +89,7 @@ async def test_a_stream_key_reaches_every_holder() -> None:
 
 
 async def test_the_frame_is_forwarded_untouched_when_already_right() -> None:
-    hub = Hub(EdgeMetrics())
+    hub = Hub(EdgeMetrics(), MAX_MESSAGE)
     a, b = connection(hub, "u", ["chat"]), connection(hub, "v", ["chat"])
     raw = b'{"stream":"chat","event":"e","meta":{"k":[1,2]}}'
     hub.dispatch("chat", raw)
@@ -101,25 +105,62 @@ async def test_the_frame_is_forwarded_untouched_when_already_right() -> None:
     ],
 )
 async def test_stream_is_set_from_the_routing_key(raw: bytes) -> None:
-    hub = Hub(EdgeMetrics())
+    hub = Hub(EdgeMetrics(), MAX_MESSAGE)
     conn = connection(hub, "u", ["chat"])
     hub.dispatch(user_key("chat", "u"), raw)
     assert queued(conn) == [{"stream": "chat", "event": "e", "data": {"x": 1}}]
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"[1]", b'{"data":{}}', b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"stream":"chat","event":"e","stream":"system"}',  # the last key wins in JSON.parse
+        b'{"stream":"chat","stream":"system","event":"subscribed","data":{"rejected":[]}}',
+    ],
+)
+async def test_a_producer_cannot_forge_another_streams_frame(raw: bytes) -> None:
+    hub = Hub(EdgeMetrics(), MAX_MESSAGE)
+    conn = connection(hub, "u", ["chat"])
+    hub.dispatch(user_key("chat", "u"), raw)
+    (frame,) = CLIENTS[conn].texts
+    assert frame.count('"stream"') == 1  # one key, so every JSON parser agrees on it
+    assert orjson.loads(frame)["stream"] == "chat"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"[1]",
+        b'{"data":{}}',
+        b"\xff\xfe",
+        b'{"stream":"chat","event":"e","data":{"x":NaN}}',  # the fast-path prefix, invalid
+        b'{"stream":"chat","event":"e","data":{"x":1',  # cut short
+        b'{"stream":"chat","event":"e","data":{"x":Infinity}}',
+    ],
+)
 async def test_a_body_that_is_not_an_envelope_is_dropped_and_counted(raw: bytes) -> None:
     metrics = EdgeMetrics()
-    hub = Hub(metrics)
+    hub = Hub(metrics, MAX_MESSAGE)
     conn = connection(hub, "u", ["chat"])
     hub.dispatch(user_key("chat", "u"), raw)
     assert queued(conn) == []
     assert metrics.dropped._value.get() == 1
 
 
+async def test_a_message_over_the_size_limit_is_dropped_counted_and_the_next_arrives() -> None:
+    metrics = EdgeMetrics()
+    hub = Hub(metrics, max_message_bytes=4096)
+    conn = connection(hub, "u", ["chat"])
+    hub.dispatch(user_key("chat", "u"), body("chat", "big", pad="x" * 5000))
+    hub.dispatch(user_key("chat", "u"), body("chat", "small"))
+    assert [f["event"] for f in queued(conn)] == ["small"]
+    assert metrics.oversized._value.get() == 1
+
+
 async def test_a_client_that_stops_reading_is_closed_with_1013_and_no_one_else_is() -> None:
     metrics = EdgeMetrics()
-    hub = Hub(metrics)
+    hub = Hub(metrics, MAX_MESSAGE)
     slow = connection(hub, "slow", ["chat"], limit=2)
     fast = connection(hub, "fast", ["chat"], limit=2)
     CLIENTS[slow].stall()
@@ -144,7 +185,7 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_no_one_else_i
 
 
 async def test_leaving_a_stream_and_unregistering_stop_delivery_and_update_the_summary() -> None:
-    hub = Hub(EdgeMetrics())
+    hub = Hub(EdgeMetrics(), MAX_MESSAGE)
     a = connection(hub, "a", ["notifications", "chat"])
     b = connection(hub, "b", ["notifications"])
     c = connection(hub, "a", ["notifications"])

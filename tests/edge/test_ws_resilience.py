@@ -15,7 +15,8 @@ import httpx
 import orjson
 import pytest
 import websockets
-from support.edge import EdgeProcess, TcpProxy, connected, publish, recv_frame, running_edge
+from support.edge import EdgeProcess, connected, publish, recv_frame, running_edge
+from support.tcp_proxy import TcpProxy
 
 from realtime_shared.routing import user_key
 

@@ -166,63 +166,6 @@ async def recv_event(ws: object, event: str, within: float = 5.0) -> dict[str, o
             return frame
 
 
-class TcpProxy:
-    """A TCP relay a test can cut and restore, to take one process's broker link away.
-
-    async with TcpProxy("127.0.0.1", 5672) as proxy:   # proxy.port: where to connect
-        proxy.cut()        # drop every relayed connection, refuse new ones
-        proxy.restore()    # relay again
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self._open = True
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.cut()
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    def cut(self) -> None:
-        self._open = False
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    def restore(self) -> None:
-        self._open = True
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self._open:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update((writer, up_writer))
-
-
 async def connected(url: str, **options: Any) -> websockets.ClientConnection:
     """A `websockets` client on `url` whose `connected` frame has been read."""
     ws = await websockets.connect(url, **options)

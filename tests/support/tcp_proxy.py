@@ -3,7 +3,9 @@
 RabbitMQ and PostgreSQL are shared by every test and helper on the machine, so
 an outage is simulated on the client's own link: point the client at the
 proxy, `cut()` (open connections are reset, new ones are refused), then
-`restore()`.
+`restore()`. `strand()` resets only the client's side of the open connections: the
+server keeps its end, silent, as after a NAT or load balancer dropped its state, until
+it times the connection out itself (or the proxy closes).
 
     async with TcpProxy("127.0.0.1", 5672) as proxy:
         url = proxy.rewrite("amqp://guest:guest@127.0.0.1:5672/")
@@ -28,6 +30,10 @@ class TcpProxy:
         self._cut = False
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._links: dict[
+            asyncio.StreamWriter, tuple[asyncio.StreamWriter, list[asyncio.Task[None]]]
+        ] = {}
+        self._stranded: list[asyncio.StreamWriter] = []
 
     @classmethod
     def for_url(cls, url: str) -> TcpProxy:
@@ -56,6 +62,8 @@ class TcpProxy:
         assert self._server is not None
         self._server.close()
         self._reset_all()
+        for writer in self._stranded:
+            writer.transport.abort()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -72,6 +80,16 @@ class TcpProxy:
 
     def restore(self) -> None:
         self._cut = False
+
+    def strand(self) -> None:
+        """Reset the client's side of every open connection; the server's side stays open."""
+        for client_w, (upstream_w, pumps) in list(self._links.items()):
+            self._stranded.append(upstream_w)  # kept open and never read again
+            self._writers.difference_update((client_w, upstream_w))
+            for pump in pumps:
+                pump.cancel()
+            client_w.transport.abort()
+        self._links.clear()
 
     def _reset_all(self) -> None:
         for writer in list(self._writers):
@@ -95,9 +113,13 @@ class TcpProxy:
             asyncio.create_task(self._pump(upstream_r, client_w)),
         ]
         self._tasks.update(pumps)
+        self._links[client_w] = (upstream_w, pumps)
         for pump in pumps:
             pump.add_done_callback(self._tasks.discard)
         await asyncio.gather(*pumps, return_exceptions=True)
+        if upstream_w in self._stranded:
+            return
+        self._links.pop(client_w, None)
         for writer in (client_w, upstream_w):
             self._writers.discard(writer)
             writer.transport.abort()

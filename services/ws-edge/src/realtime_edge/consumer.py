@@ -9,7 +9,12 @@ from overtaking a later bind of the same key.
 
 When the connection drops, the queue (exclusive) dies with it; the link reconnects with
 backoff, declares a new queue, binds every key still held, resumes consuming, and then
-calls `on_resumed` so connections can be told to resync.
+calls `on_resumed` so connections can be told to resync. Each session's queue has a
+name of its own: when only the edge's side of a connection died (a NAT or load balancer
+reset), RabbitMQ keeps the old connection, and its exclusive queue, until heartbeats
+time it out; reusing the name would be refused (RESOURCE_LOCKED) all that while. A
+consumer the broker cancels (its queue deleted by an operator or a policy) counts as
+a lost link too: the channel stays open, but nothing would be delivered on it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from aiormq.abc import AbstractChannel, ChannelFrame, DeliveredMessage
 from pamqp import commands as spec
 
 from realtime_edge.metrics import EdgeMetrics
+from realtime_shared.amqp import with_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +92,9 @@ class Bindings:
         self._unbind_delay = unbind_delay
         self._metrics = metrics
         self._keys: dict[str, _Binding] = {}
-        self._ops: deque[tuple[bool, str]] = deque()
+        # (bind?, key, the holder record a bind resolves): a bind confirms only the record
+        # it was queued for, never a newer holder of the same key queued behind an unbind.
+        self._ops: deque[tuple[bool, str, _Binding | None]] = deque()
         self._wake = asyncio.Event()
 
     def __len__(self) -> int:
@@ -97,7 +105,7 @@ class Bindings:
         binding = self._keys.get(key)
         if binding is None:
             binding = self._keys[key] = _Binding(asyncio.get_running_loop().create_future())
-            self._ops.append((True, key))
+            self._ops.append((True, key, binding))
             self._wake.set()
             self._metrics.bindings.set(len(self._keys))
         binding.refs += 1
@@ -127,7 +135,7 @@ class Bindings:
         binding.timer = None
         if not binding.ready.done():
             binding.ready.cancel()
-        self._ops.append((False, key))
+        self._ops.append((False, key, None))
         self._wake.set()
         self._metrics.bindings.set(len(self._keys))
 
@@ -162,30 +170,36 @@ class Bindings:
     ) -> None:
         """Bind every held key to the new queue (then `restored`), apply changes until cancelled."""
         self._ops.clear()
-        self._ops.extend((True, key) for key in self._keys)
+        self._ops.extend((True, key, binding) for key, binding in self._keys.items())
         while True:
             while self._ops:
                 bind, batch = self._take_batch()
                 if bind:
                     await self._bind(channel, queue, exchange, batch)
                 else:
-                    for key in batch:
+                    for key, _ in batch:
                         await channel.queue_unbind(queue, exchange, key)
             if not restored.done():
                 restored.set_result(None)
             self._wake.clear()
             await self._wake.wait()
 
-    def _take_batch(self) -> tuple[bool, list[str]]:
+    def _take_batch(self) -> tuple[bool, list[tuple[str, _Binding | None]]]:
         bind = self._ops[0][0]
-        batch: list[str] = []
+        batch: list[tuple[str, _Binding | None]] = []
         while self._ops and self._ops[0][0] == bind and len(batch) < BIND_BATCH:
-            batch.append(self._ops.popleft()[1])
+            _, key, binding = self._ops.popleft()
+            batch.append((key, binding))
         return bind, batch
 
     async def _bind(
-        self, channel: AbstractChannel, queue: str, exchange: str, keys: list[str]
+        self,
+        channel: AbstractChannel,
+        queue: str,
+        exchange: str,
+        batch: list[tuple[str, _Binding | None]],
     ) -> None:
+        keys = [key for key, _ in batch]
         ahead = keys[:-1]
         write_queue = getattr(channel, "write_queue", None)
         if ahead and write_queue is not None:
@@ -199,8 +213,7 @@ class Bindings:
             for key in ahead:
                 await channel.queue_bind(queue, exchange, key, nowait=True)
         await channel.queue_bind(queue, exchange, keys[-1])
-        for key in keys:
-            binding = self._keys.get(key)
+        for _, binding in batch:
             if binding is not None and not binding.ready.done():
                 binding.ready.set_result(None)
 
@@ -218,6 +231,7 @@ class BrokerLink:
         on_resumed: Callable[[], None],
         metrics: EdgeMetrics,
         node_id: str | None = None,
+        queue_max_bytes: int = 0,
     ) -> None:
         self.url = url
         self.exchange = exchange
@@ -230,6 +244,13 @@ class BrokerLink:
         self._task: asyncio.Task[None] | None = None
         self._connection: aiormq.abc.AbstractConnection | None = None
         self._consuming = asyncio.Event()
+        self._sessions = 0
+        self._queue_arguments: dict[str, Any] = {}
+        if queue_max_bytes > 0:
+            # A lagging edge sheds its oldest messages instead of pushing RabbitMQ into the
+            # memory alarm that blocks every publisher (docs/operations.md).
+            self._queue_arguments = {"x-max-length-bytes": queue_max_bytes}
+        self.queue_name: str | None = None
         self.inline_delivery = False  # see _deliver_inline
 
     @property
@@ -281,19 +302,31 @@ class BrokerLink:
 
     async def _session(self, resumed: bool) -> None:
         connection = await asyncio.wait_for(
-            aiormq.connect(self.url, client_properties={"connection_name": self.connection_name}),
+            aiormq.connect(
+                with_heartbeat(self.url),
+                client_properties={"connection_name": self.connection_name},
+            ),
             timeout=CONNECT_TIMEOUT,
         )
         self._connection = connection
         worker: asyncio.Task[None] | None = None
         try:
             channel = await connection.channel()
+            cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            channel.on_consumer_cancel_callbacks.add(
+                lambda _frame: None if cancelled.done() else cancelled.set_result(None)
+            )
             await channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
+            self._sessions += 1
             declared = await channel.queue_declare(
-                f"ws-edge.{self.node_id}", exclusive=True, auto_delete=True
+                f"ws-edge.{self.node_id}.{self._sessions}",
+                exclusive=True,
+                auto_delete=True,
+                arguments=self._queue_arguments,
             )
             queue = declared.queue
             assert queue is not None
+            self.queue_name = queue
             restored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             worker = asyncio.create_task(
                 self.bindings.serve(channel, queue, self.exchange, restored)
@@ -310,8 +343,11 @@ class BrokerLink:
                 self._metrics.broker_reconnects.inc()
                 log.info("RabbitMQ link restored; %d bindings in place", len(self.bindings))
                 self._on_resumed()
-            closing = {connection.closing, channel.closing, worker}
+            closing = {connection.closing, channel.closing, worker, cancelled}
             done, _ = await asyncio.wait(closing, return_when=asyncio.FIRST_COMPLETED)
+            if cancelled in done:
+                self._metrics.consumer_cancels.inc()
+                raise ConnectionError(f"RabbitMQ cancelled the consumer of {queue} (deleted?)")
             for fut in done:
                 if fut.cancelled():
                     raise ConnectionError("RabbitMQ closed the link")

@@ -2,7 +2,13 @@
 
 A connection holding stream ``s`` is listed under the user key ``s.<user>`` and the
 stream key ``s``, exactly the keys the consumer binds; so a consumed message's routing
-key names its recipients directly, with no parsing on the hot path.
+key names its recipients directly, with no parsing of the key on the hot path.
+
+A producer's body is parsed once per message (not per recipient) and always
+re-encoded with `stream` set from the routing key: a body that merely *starts* with the
+right `stream` could repeat the key further on (the last one wins in `JSON.parse`, so a
+producer could forge `system` frames), hold `NaN`, or be cut short. orjson rejects
+what RFC 8259 does not allow, and its output has no duplicate keys.
 """
 
 from __future__ import annotations
@@ -31,10 +37,10 @@ def keys_for(stream: str, user_id: str) -> tuple[str, str]:
 
 
 class Hub:
-    def __init__(self, metrics: EdgeMetrics) -> None:
+    def __init__(self, metrics: EdgeMetrics, max_message_bytes: int) -> None:
         self._metrics = metrics
+        self._max_message_bytes = max_message_bytes
         self._routes: dict[str, dict[Connection, None]] = {}
-        self._prefixes: dict[str, bytes] = {}
         self.connections: dict[str, Connection] = {}
         self._users: Counter[str] = Counter()
 
@@ -112,16 +118,17 @@ class Hub:
         self.unregister(conn)
 
     def _frame(self, routing_key: str, body: bytes) -> str | None:
-        """The body as text with `stream` set from the key; re-encoded only when it differs."""
-        stream = routing_key.partition(".")[0]
-        prefix = self._prefixes.get(stream)
-        if prefix is None:
-            prefix = self._prefixes[stream] = b'{"stream":"' + stream.encode() + b'",'
-        if body.startswith(prefix):
-            try:
-                return body.decode()
-            except UnicodeDecodeError:
-                pass
+        """The body as a frame with `stream` from the key, or None (dropped and counted)."""
+        if len(body) > self._max_message_bytes:
+            # Every recipient would buffer its own copy of it.
+            self._metrics.oversized.inc()
+            log.warning(
+                "dropping a %d-byte message on %r: over EDGE_MAX_MESSAGE_BYTES (%d)",
+                len(body),
+                routing_key,
+                self._max_message_bytes,
+            )
+            return None
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -131,7 +138,7 @@ class Hub:
             log.warning("dropping a message on %r that is not a JSON envelope", routing_key)
             return None
         obj.pop("stream", None)
-        return orjson.dumps({"stream": stream, **obj}).decode()
+        return orjson.dumps({"stream": routing_key.partition(".")[0], **obj}).decode()
 
     # -- admin --------------------------------------------------------------------------
 

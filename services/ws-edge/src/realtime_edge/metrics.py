@@ -49,6 +49,16 @@ class EdgeMetrics:
         self.broker_reconnects = Counter(
             "edge_broker_reconnects", "Times consumption resumed after losing RabbitMQ", registry=r
         )
+        self.consumer_cancels = Counter(
+            "edge_consumer_cancels",
+            "Times RabbitMQ cancelled the edge's consumer (its queue deleted); each reconnects",
+            registry=r,
+        )
+        self.oversized = Counter(
+            "edge_messages_oversized",
+            "Consumed messages dropped for being over EDGE_MAX_MESSAGE_BYTES",
+            registry=r,
+        )
         self.broker_up = Gauge("edge_broker_up", "1 while consuming from RabbitMQ", registry=r)
 
     def render(self) -> bytes:

@@ -29,7 +29,7 @@ class Node:
         self.settings = settings
         self.verifier = verifier
         self.metrics = EdgeMetrics()
-        self.hub = Hub(self.metrics)
+        self.hub = Hub(self.metrics, settings.edge_max_message_bytes)
         self.bindings = Bindings(settings.edge_unbind_delay, self.metrics)
         self.link = BrokerLink(
             url=settings.amqp_url,
@@ -38,6 +38,7 @@ class Node:
             on_message=self.hub.dispatch,
             on_resumed=self._resync,
             metrics=self.metrics,
+            queue_max_bytes=settings.edge_queue_max_bytes,
         )
         self.handshake = Handshake(
             OriginPolicy(settings.edge_allowed_origins),

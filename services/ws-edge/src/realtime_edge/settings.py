@@ -18,6 +18,15 @@ DEFAULT_SEND_QUEUE = 64
 DEFAULT_MAX_FRAME_BYTES = 65536
 """Client frames are small control messages; a bigger one is abuse or a bug (close 1009)."""
 
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+"""Producer messages: every recipient buffers its own copy, so one huge message sent to
+many slow connections multiplies; 1 MiB is far above any notification or chat line."""
+
+DEFAULT_QUEUE_MAX_BYTES = 128 << 20
+"""The edge's RabbitMQ queue sheds its oldest messages past this: a healthy edge keeps it
+near empty, and a lagging one must not push the broker into its memory alarm, which
+blocks every publisher on every node. 0 turns the limit off."""
+
 DEFAULT_UNBIND_DELAY = 5.0
 """A reload or a reconnect within this window keeps the broker binding instead of churning it."""
 
@@ -42,6 +51,8 @@ class EdgeSettings(RealtimeSettings):
     edge_send_queue: int = Field(default=DEFAULT_SEND_QUEUE, ge=1)
     edge_allowed_origins: CommaList = Field(default_factory=list)
     edge_max_frame_bytes: int = Field(default=DEFAULT_MAX_FRAME_BYTES, ge=128)
+    edge_max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
+    edge_queue_max_bytes: int = Field(default=DEFAULT_QUEUE_MAX_BYTES, ge=0)
     edge_unbind_delay: float = Field(default=DEFAULT_UNBIND_DELAY, ge=0)
     edge_max_connections_per_user: int = Field(default=DEFAULT_MAX_CONNECTIONS_PER_USER, ge=1)
     edge_max_streams_per_connection: int = Field(default=DEFAULT_MAX_STREAMS_PER_CONNECTION, ge=1)
