@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.integration
 def run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(SCRIPT), *(args or ("--port", "0"))],
-        env={**os.environ, "JWT_SECRET": "k" * 32, **env},
+        env={**os.environ, "JWT_SECRET": secrets.token_hex(32), **env},
         cwd=tmp_path,
         capture_output=True,
         text=True,

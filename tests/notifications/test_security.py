@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -210,7 +211,7 @@ def test_without_a_key_or_dev_mode_the_service_refuses_to_start(tmp_path: Path) 
 async def test_during_a_key_rotation_tokens_of_the_previous_secret_still_work(
     tmp_path: Path,
 ) -> None:
-    new, old = "n" * 32, "o" * 32
+    new, old = secrets.token_hex(32), secrets.token_hex(32)
     settings = make_settings(
         f"sqlite+aiosqlite:///{tmp_path}/n.db",
         dev=False,
@@ -225,6 +226,6 @@ async def test_during_a_key_rotation_tokens_of_the_previous_secret_still_work(
     async with running_app(settings, FakePublisher()) as client:
         for key in (new, old):
             assert (await client.get(BASE, headers=bearer(token(key)))).status_code == 200
-        refused = await client.get(BASE, headers=bearer(token("r" * 32)))
+        refused = await client.get(BASE, headers=bearer(token(secrets.token_hex(32))))
         assert refused.status_code == 401
         assert refused.json()["error"]["code"] == "UNAUTHORIZED"
