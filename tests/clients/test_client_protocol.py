@@ -230,6 +230,26 @@ async def test_rejected_streams_raise_and_are_not_asked_for_again(edge: Scripted
         assert "nope" not in edge.urls[1] and "chat" in edge.urls[1]
 
 
+async def test_streams_a_refresh_drops_are_forgotten_and_not_asked_for_again(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(
+        edge.url, tokens(), ["notifications", "chat"], backoff=FAST
+    ) as client:
+        ws = await edge.connections.get()
+        await ws.send(
+            system("refreshed", exp=2_000_000_000, streams=["notifications"], dropped=["chat"])
+        )
+        await ws.send(system("pong"))  # a frame after it, so the client has read both
+        deadline = time.monotonic() + 5
+        while client.streams != ["notifications"]:
+            assert time.monotonic() < deadline, "the dropped stream is still listed as held"
+            await asyncio.sleep(0.01)
+        await ws.close(1001)
+        await edge.connections.get()
+        assert "chat" not in edge.urls[1]
+
+
 async def test_unsubscribe_drops_the_stream(edge: ScriptedEdge) -> None:
     async with RealtimeClient(
         edge.url, tokens(), ["notifications", "chat"], backoff=FAST

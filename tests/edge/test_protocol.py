@@ -126,9 +126,31 @@ def test_connected_and_resync_frames() -> None:
 
 def test_refresh_for_the_same_user_moves_the_deadline() -> None:
     session = Session(claims(exp=100), max_streams=8)
-    reply = frame(session.refresh("t", lambda _: claims(exp=200)))
-    assert reply == {"stream": "system", "event": "refreshed", "data": {"exp": 200}}
+    reply, dropped = session.refresh("t", lambda _: claims(exp=200))
+    assert frame(reply) == {
+        "stream": "system",
+        "event": "refreshed",
+        "data": {"exp": 200, "streams": []},
+    }
+    assert dropped == []
     assert session.exp == 200
+
+
+def test_refresh_drops_the_streams_the_new_token_no_longer_allows() -> None:
+    session = Session(claims(), max_streams=8)
+    session.commit(session.plan(["notifications", "chat"]))
+    reply, dropped = session.refresh("t", lambda _: claims(streams=["notifications"]))
+    assert dropped == ["chat"]
+    assert frame(reply)["data"] == {
+        "exp": 2_000_000_000,
+        "streams": ["notifications"],
+        "dropped": ["chat"],
+    }
+    assert not session.holds("chat")
+    # ...and it cannot come back by a subscribe under the new token.
+    plan = session.plan(["chat"])
+    assert plan.add == []
+    assert plan.rejected == [{"stream": "chat", "code": "FORBIDDEN"}]
 
 
 def test_refresh_for_another_user_changes_nothing() -> None:

@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import aio_pika
+import orjson
 import pytest
 import websockets
 from support.edge import EdgeProcess, connected, publish, recv_event, recv_frame, running_edge
@@ -215,3 +216,26 @@ async def test_too_many_connections_for_one_user_is_refused(
             assert info.value.response.status_code == 429
         async with await connect(edge, make_token("bob")):
             pass
+
+
+async def test_a_refresh_to_a_narrower_token_stops_the_streams_it_no_longer_allows(
+    edge: EdgeProcess, publisher: Publisher, make_token: MakeToken
+) -> None:
+    both = make_token("alice", streams=["notifications", "chat"])
+    ws = await connect(edge, both, streams="notifications,chat")
+    narrower = make_token("alice", streams=["notifications"])
+    await ws.send(orjson.dumps({"action": "refresh", "token": narrower}).decode())
+    reply = await recv_event(ws, "refreshed")
+    assert reply["data"]["streams"] == ["notifications"]  # type: ignore[index]
+    assert reply["data"]["dropped"] == ["chat"]  # type: ignore[index]
+    await publisher.send(user_key("chat", "alice"), "chat.after")
+    await publisher.send(stream_key("chat"), "chat.everyone.after")
+    await publisher.send(user_key("notifications", "alice"), "notification.after")
+    assert (await recv_frame(ws))["event"] == "notification.after"  # nothing of chat first
+    await ws.send('{"action":"subscribe","streams":["chat"]}')
+    subscribed = await recv_event(ws, "subscribed")
+    assert subscribed["data"] == {  # type: ignore[comparison-overlap]
+        "streams": ["notifications"],
+        "rejected": [{"stream": "chat", "code": "FORBIDDEN"}],
+    }
+    await ws.close()

@@ -429,6 +429,20 @@ describe("keeping the connection alive", () => {
     assert.equal(client.state, "open");
   });
 
+  test("streams a refreshed token no longer allows are dropped and not asked for again", async () => {
+    const { client } = makeClient({ streams: ["notifications", "chat"] });
+    const ws = await connected(client, ["notifications", "chat"]);
+    ws.deliver({
+      stream: "system",
+      event: "refreshed",
+      data: { exp: 2_000_000_000, streams: ["notifications"], dropped: ["chat"] },
+    });
+    assert.deepEqual(client.streams, ["notifications"]);
+    ws.drop(1001, "server shutting down");
+    await clock.tick(500);
+    assert.equal(FakeWebSocket.last.url.searchParams.get("streams"), "notifications");
+  });
+
   test("4001 means: get a new token, then reconnect", async () => {
     const { client, calls } = makeClient();
     const ws = await connected(client);

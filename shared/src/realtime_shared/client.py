@@ -461,8 +461,13 @@ class RealtimeClient:
         event, data = envelope.event, envelope.data
         if event in ("subscribed", "unsubscribed"):
             self._held = list(data.get("streams", self._held))
-        elif event == "refreshed" and isinstance(data.get("exp"), int):
-            self._exp = data["exp"]
+        elif event == "refreshed":
+            if isinstance(data.get("exp"), int):
+                self._exp = data["exp"]
+            # Streams the new token no longer allows are gone; asking again would be refused.
+            dropped = data.get("dropped") or []
+            self._wanted = [s for s in self._wanted if s not in dropped]
+            self._held = list(data.get("streams", self._held))
         elif event == "token.expired":
             self._need_fresh_token = True
         elif event == RESYNC:

@@ -180,10 +180,7 @@ class WebSocketEndpoint:
                 if isinstance(command, Subscribe):
                     await self._subscribe(conn, command)
                 elif isinstance(command, Unsubscribe):
-                    dropped = conn.session.drop(command.streams)
-                    for stream in dropped:
-                        node.hub.leave(conn, stream)
-                    node.release(conn.user_id, dropped)
+                    self._leave(conn, conn.session.drop(command.streams))
                     node.send(conn, conn.session.unsubscribed_frame())
                 elif isinstance(command, Ping):
                     node.send(conn, PONG_FRAME)
@@ -208,12 +205,19 @@ class WebSocketEndpoint:
                 node.hub.join(conn, stream)
         node.send(conn, reply)
 
+    def _leave(self, conn: Connection, dropped: list[str]) -> None:
+        """Streams the session no longer holds: no delivery from now on, bindings released."""
+        for stream in dropped:
+            self.node.hub.leave(conn, stream)
+        self.node.release(conn.user_id, dropped)
+
     def _refresh(self, conn: Connection, command: Refresh) -> None:
         try:
-            reply = conn.session.refresh(command.token, self.node.verifier.verify)
+            reply, dropped = conn.session.refresh(command.token, self.node.verifier.verify)
         except ProtocolError:
             self.node.metrics.auth_failures.labels("refresh").inc()
             raise
+        self._leave(conn, dropped)
         self._schedule_expiry(conn)
         self.node.send(conn, reply)
 

@@ -200,8 +200,12 @@ class Session:
     def resync_frame(self) -> str:
         return system_frame(RESYNC, {"streams": self.streams})
 
-    def refresh(self, token: str, verify: Callable[[str], Claims]) -> str:
-        """Accept a valid token for the same user (moves `exp`); anything else changes nothing."""
+    def refresh(self, token: str, verify: Callable[[str], Claims]) -> tuple[str, list[str]]:
+        """Accept a valid token for the same user (moves `exp`); anything else changes nothing.
+
+        Returns the `refreshed` reply and the streams the new token no longer allows,
+        which are no longer held: the caller stops their delivery before replying.
+        """
         try:
             claims = verify(token)
         except AuthError as exc:
@@ -209,4 +213,8 @@ class Session:
         if claims.sub != self.claims.sub:
             raise ProtocolError(UNAUTHORIZED, "refresh refused: the token is for another user")
         self.claims = dataclasses.replace(claims, raw={})
-        return system_frame(REFRESHED, {"exp": claims.exp})
+        dropped = self.drop([s for s in self._held if not claims.may_hold(s)])
+        data: dict[str, Any] = {"exp": claims.exp, "streams": self.streams}
+        if dropped:
+            data["dropped"] = dropped
+        return system_frame(REFRESHED, data), dropped

@@ -339,6 +339,12 @@ export class RealtimeClient {
         break;
       case "refreshed":
         if (typeof data.exp === "number") this.#exp = data.exp;
+        // Streams the new token no longer allows are gone; asking again would be refused.
+        for (const s of data.dropped ?? []) {
+          this.#wanted.delete(s);
+          this.#rejected.set(s, "FORBIDDEN");
+        }
+        this.#setHeld(data.streams);
         this.#scheduleRefresh();
         break;
       case "token.expired":
