@@ -40,6 +40,13 @@ class CloseCode(IntEnum):
         return _REASONS[self]
 
 
+def metric_label(code: int) -> str:
+    """The `code` label for a close: the edge's own codes and the two a peer cannot send
+    (1005 no status, 1006 abnormal); anything else a client chose is `other`, so clients
+    cannot create a time series per code they make up."""
+    return str(code) if code in _LABELLED else "other"
+
+
 _RETRY = frozenset(
     {
         CloseCode.GOING_AWAY,
@@ -58,3 +65,5 @@ _REASONS = {
     CloseCode.TRY_AGAIN_LATER: "slow consumer",
     CloseCode.TOKEN_EXPIRED: "token expired",
 }
+
+_LABELLED = frozenset({*CloseCode, 1005, 1006})

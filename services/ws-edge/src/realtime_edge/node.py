@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 
-from realtime_edge.closecodes import CloseCode
+from realtime_edge.closecodes import CloseCode, metric_label
 from realtime_edge.connection import Connection
 from realtime_edge.consumer import Bindings, BrokerLink
 from realtime_edge.handshake import Handshake
@@ -106,7 +106,7 @@ class Node:
             del self._per_user[conn.user_id]
         self.hub.unregister(conn)
         self.release(conn.user_id, conn.session.streams)
-        self.metrics.closed.labels(str(code)).inc()
+        self.metrics.closed.labels(metric_label(code)).inc()
         if not self._open:
             self._idle.set()
 
