@@ -1,7 +1,8 @@
 """deploy/nginx/nginx.conf under Debian's nginx: `nginx -t`, then real traffic through it.
 
 Two small stand-in backends play the edge and the notifications service; each answers with
-what it received (path, headers), so the tests see exactly what the proxy forwards.
+what it received (path, headers), so the tests see exactly what the proxy forwards, and
+sets browser security headers of its own, as the services do, to see what comes back.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -36,6 +39,26 @@ from websockets.typing import Origin
 pytestmark = pytest.mark.integration
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2VjcmV0LXNpZ25hdHVyZQ"
+# What a stand-in backend sets on its responses: a CSP unlike nginx's own, to tell them apart.
+SERVICE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'self'",
+}
+# What nginx must add to the responses it makes itself (the set the services use).
+OWN_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+# Sent by a client that pretends to be someone else, or to have come over TLS elsewhere.
+FORGED = {
+    "X-Forwarded-For": "6.6.6.6",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "evil.example",
+    "X-Forwarded-Port": "443",
+    "Forwarded": "for=6.6.6.6;proto=https;host=evil.example",
+}
 
 
 def backend(name: str) -> Starlette:
@@ -43,7 +66,8 @@ def backend(name: str) -> Starlette:
         return {"backend": name, "path": scope_path, "headers": headers, "query": query}
 
     async def http(request: Request) -> JSONResponse:
-        return JSONResponse(seen(request.url.path, dict(request.headers), request.url.query))
+        body = seen(request.url.path, dict(request.headers), request.url.query)
+        return JSONResponse(body, headers=SERVICE_HEADERS)
 
     async def ws(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -113,13 +137,19 @@ def test_nginx_accepts_the_shipped_config(nginx: str, tmp_path: Path) -> None:
     assert "test is successful" in result.stderr
 
 
-@pytest.fixture
-async def proxy(nginx: str, tmp_path: Path) -> AsyncIterator[Proxy]:
+@asynccontextmanager
+async def proxy_to_backends(
+    nginx: str, tmp_path: Path, trusted_proxy: str | None = None
+) -> AsyncIterator[Proxy]:
     edge_server, edge_task, edge_port = await serve(backend("edge"))
     api_server, api_task, api_port = await serve(backend("notifications"))
     port = free_port()
     files = proxy_test_copy(
-        tmp_path, listen=port, edge=f"127.0.0.1:{edge_port}", api=f"127.0.0.1:{api_port}"
+        tmp_path,
+        listen=port,
+        edge=f"127.0.0.1:{edge_port}",
+        api=f"127.0.0.1:{api_port}",
+        trusted_proxy=trusted_proxy,
     )
     try:
         with running_nginx(nginx, files, port):
@@ -128,6 +158,21 @@ async def proxy(nginx: str, tmp_path: Path) -> AsyncIterator[Proxy]:
         for server, task in ((edge_server, edge_task), (api_server, api_task)):
             server.should_exit = True
             await task
+
+
+@pytest.fixture
+async def proxy(nginx: str, tmp_path: Path) -> AsyncIterator[Proxy]:
+    """The shipped config: no load balancer in front, the peer is the client."""
+    async with proxy_to_backends(nginx, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def behind_balancer(nginx: str, tmp_path: Path) -> AsyncIterator[Proxy]:
+    """The config as docs/security.md has an operator name a load balancer: the tests' own
+    address, so the test client plays the balancer."""
+    async with proxy_to_backends(nginx, tmp_path, trusted_proxy="127.0.0.1") as running:
+        yield running
 
 
 @pytest.fixture
@@ -153,7 +198,7 @@ async def test_websocket_upgrades_through_to_an_edge(proxy: Proxy, path: str) ->
     assert seen["path"] == path
     assert seen["query"] == f"token={TOKEN}"
     # The edge's same-origin rule compares the Origin's host with the request's Host.
-    assert seen["headers"]["host"] == "127.0.0.1"
+    assert seen["headers"]["host"] == f"127.0.0.1:{proxy.port}"
     assert seen["headers"]["origin"] == origin
     assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
     assert seen["headers"]["x-request-id"]
@@ -174,7 +219,7 @@ async def test_api_goes_to_notifications_and_the_page_to_the_edge(proxy: Proxy) 
     assert api.json()["path"] == "/api/notifications"
     assert api.json()["query"] == "limit=5"
     assert api.json()["headers"]["authorization"] == f"Bearer {TOKEN}"
-    assert api.json()["headers"]["host"] == "127.0.0.1"
+    assert api.json()["headers"]["host"] == f"127.0.0.1:{proxy.port}"
     assert api.json()["headers"]["x-forwarded-for"] == "127.0.0.1"
     assert "upgrade" not in api.json()["headers"]
     assert (page.json()["backend"], page.json()["path"]) == ("edge", "/")
@@ -217,6 +262,7 @@ def test_a_dead_backend_is_a_json_503_and_leaks_no_token(dead_api: Proxy) -> Non
 
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "UNAVAILABLE"
+    assert_own_headers(response)
     line = json.loads(access_log_lines(dead_api.files, 1)[-1])
     assert (line["path"], line["status"], line["upstream_status"]) == (
         "/api/notifications",
@@ -224,3 +270,111 @@ def test_a_dead_backend_is_a_json_503_and_leaks_no_token(dead_api: Proxy) -> Non
         "502",
     )
     assert TOKEN not in dead_api.logs()
+
+
+def forwarded(seen: dict[str, Any]) -> dict[str, str | None]:
+    headers: dict[str, str] = seen["headers"]
+    names = ("host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
+    return {name: headers.get(name) for name in (*names, "x-forwarded-port", "forwarded")}
+
+
+@pytest.mark.parametrize("path", ["/api/notifications", "/", "/static/realtime.js"])
+async def test_a_client_cannot_tell_a_service_who_it_is(proxy: Proxy, path: str) -> None:
+    """uvicorn believes X-Forwarded-For/-Proto from the proxy: nginx sends only what it saw."""
+    async with httpx.AsyncClient(base_url=proxy.http) as client:
+        response = await client.get(path, headers=FORGED)
+
+    assert forwarded(response.json()) == {
+        "host": f"127.0.0.1:{proxy.port}",
+        "x-forwarded-for": "127.0.0.1",
+        "x-forwarded-proto": "http",
+        "x-forwarded-host": None,
+        "x-forwarded-port": None,
+        "forwarded": None,
+    }
+
+
+async def test_a_websocket_client_cannot_forge_its_address_either(proxy: Proxy) -> None:
+    async with connect(f"{proxy.ws}/ws?token={TOKEN}", additional_headers=FORGED) as ws:
+        seen = json.loads(await ws.recv())
+
+    assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
+    assert seen["headers"]["x-forwarded-proto"] == "http"
+
+
+async def test_behind_a_named_load_balancer_the_client_and_scheme_are_its(
+    behind_balancer: Proxy,
+) -> None:
+    """A TLS balancer on :8443 names the client and the scheme; the services get both."""
+    async with httpx.AsyncClient(base_url=behind_balancer.http) as client:
+        response = await client.get(
+            "/api/notifications",
+            headers={
+                "Host": "app.example.com:8443",
+                # The left-most entry is whatever the client wrote; the balancer appended
+                # the address it saw, and that is the one that counts.
+                "X-Forwarded-For": "6.6.6.6, 203.0.113.9",
+                "X-Forwarded-Proto": "https",
+            },
+        )
+
+    assert forwarded(response.json()) == {
+        "host": "app.example.com:8443",
+        "x-forwarded-for": "203.0.113.9",
+        "x-forwarded-proto": "https",
+        "x-forwarded-host": None,
+        "x-forwarded-port": None,
+        "forwarded": None,
+    }
+
+
+async def test_a_balancer_that_rewrites_host_passes_the_original_on(
+    behind_balancer: Proxy,
+) -> None:
+    async with httpx.AsyncClient(base_url=behind_balancer.http) as client:
+        response = await client.get(
+            "/api/notifications",
+            headers={
+                "Host": "10.0.0.5:8000",
+                "X-Forwarded-For": "203.0.113.9",
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "app.example.com",
+            },
+        )
+
+    assert response.json()["headers"]["host"] == "app.example.com"
+
+
+def assert_own_headers(response: httpx.Response) -> None:
+    for header, value in OWN_HEADERS.items():
+        assert response.headers.get_list(header) == [value], header
+    # TLS does not end here: HSTS is the job of whatever terminates it.
+    assert "strict-transport-security" not in response.headers
+
+
+async def test_nginx_own_responses_carry_the_browser_security_headers(proxy: Proxy) -> None:
+    async with httpx.AsyncClient(base_url=proxy.http) as client:
+        health = await client.get("/healthz")
+        missing = await client.get("/metrics")
+        too_large = await client.post("/api/notifications", content=b"x" * (1024 * 1024 + 1))
+
+    assert [r.status_code for r in (health, missing, too_large)] == [200, 404, 413]
+    assert too_large.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    for response in (health, missing, too_large):
+        assert_own_headers(response)
+
+
+@pytest.mark.parametrize("path", ["/api/notifications", "/", "/static/realtime.js"])
+async def test_proxied_responses_keep_the_services_headers_unchanged(
+    proxy: Proxy, path: str
+) -> None:
+    async with httpx.AsyncClient(base_url=proxy.http) as client:
+        response = await client.get(path)
+
+    assert response.status_code == 200
+    for header, value in SERVICE_HEADERS.items():
+        assert response.headers.get_list(header) == [value], header
+    # Nothing of nginx's own set is added to what a service answers.
+    assert "x-frame-options" not in response.headers
+    assert "referrer-policy" not in response.headers
+    assert "strict-transport-security" not in response.headers

@@ -13,11 +13,10 @@ import asyncio
 import json
 import secrets
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import httpx
 import pytest
 from support.db import create_database, drop_database
 from support.ops import (
+    BIN,
     ProxyFiles,
     clean_env,
     free_port,
@@ -33,7 +33,8 @@ from support.ops import (
     replace_once,
     require_tool,
     running_nginx,
-    stop,
+    service,
+    wait_ready,
 )
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
@@ -42,9 +43,6 @@ from websockets.typing import Origin
 from realtime_shared.auth import issue_token
 
 pytestmark = pytest.mark.e2e
-
-BIN = Path(sys.executable).parent
-STARTUP_S = 30.0
 
 
 @dataclass
@@ -79,31 +77,6 @@ class Stack:
             check=True,
         )
         return result.stdout.strip()
-
-
-@contextmanager
-def service(
-    argv: list[str], env: dict[str, str], cwd: Path, log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A console script as compose would run it; SIGTERM at the end, as `docker stop` does."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            yield process
-        finally:
-            stop(process)
-
-
-def wait_ready(port: int, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"127.0.0.1:{port} not ready in {STARTUP_S} s:\n{log.read_text()}")
 
 
 async def delete_exchange(amqp_url: str, name: str) -> None:

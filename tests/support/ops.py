@@ -6,17 +6,21 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from docker.utils.build import exclude_paths  # type: ignore[import-untyped]
 
 from support.missing import missing
 
 ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+"""Where the workspace installed the console scripts the images run."""
 COMPOSE_FILE = ROOT / "compose.yaml"
 EXAMPLE_ENV = ROOT / "deploy" / "example.env"
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
@@ -95,16 +99,26 @@ class ProxyFiles:
     error_log: Path
 
 
+TRUSTED_PROXY_LINE = "# set_real_ip_from <load balancer address or CIDR>;"
+"""Where an operator lists the load balancers in front of nginx (none as shipped)."""
+
+
 def proxy_test_copy(
-    tmp: Path, *, listen: int, edge: str | None = None, api: str | None = None
+    tmp: Path,
+    *,
+    listen: int,
+    edge: str | None = None,
+    api: str | None = None,
+    trusted_proxy: str | None = None,
 ) -> ProxyFiles:
     """deploy/nginx/nginx.conf with only what cannot work here rewritten.
 
     In compose the upstreams are the service names `edge` and `notifications`, resolved by
     Docker's DNS while the proxy runs; here they become loopback addresses of test servers.
     Without `edge`/`api` the service names stay (nginx resolves them only per request).
-    Logs go to files the test reads; everything else (routes, headers, timeouts, log format,
-    error pages) is the shipped config, unchanged.
+    `trusted_proxy` is filled in where the file tells an operator to name a load balancer
+    in front. Logs go to files the test reads; everything else (routes, headers, timeouts,
+    log format, error pages) is the shipped config, unchanged.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     files = ProxyFiles(tmp, tmp / "nginx.conf", tmp / "access.log", tmp / "error.log")
@@ -116,6 +130,8 @@ def proxy_test_copy(
         text = replace_once(
             text, "set $api_upstream notifications:8081;", f"set $api_upstream {api};"
         )
+    if trusted_proxy is not None:
+        text = replace_once(text, TRUSTED_PROXY_LINE, f"set_real_ip_from {trusted_proxy};")
     text = replace_once(text, "error_log /dev/stderr crit;", f"error_log {files.error_log} crit;")
     text = replace_once(
         text, "access_log /dev/stdout realtime;", f"access_log {files.access_log} realtime;"
@@ -163,6 +179,35 @@ def stop(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+STARTUP_S = 30.0
+"""How long a service process may take to answer /readyz (RabbitMQ, migrations)."""
+
+
+@contextmanager
+def service(
+    argv: list[str], env: dict[str, str], cwd: Path, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A console script as compose would run it; SIGTERM at the end, as `docker stop` does."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield process
+        finally:
+            stop(process)
+
+
+def wait_ready(port: int, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"127.0.0.1:{port} not ready in {STARTUP_S} s:\n{log.read_text()}")
 
 
 def access_log_lines(files: ProxyFiles, count: int, deadline_s: float = 5.0) -> list[str]:
