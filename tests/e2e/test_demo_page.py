@@ -96,9 +96,17 @@ async def test_notification_centre_lives_through_rest_events_and_an_edge_restart
     page = await browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(  # the page works under its strict policy: nothing refused
+        "console",
+        lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
     status = page.get_by_test_id("connection-status")
     try:
-        await page.goto(f"{edge.base_url}/?user={user}")
+        response = await page.goto(f"{edge.base_url}/?user={user}")
+        assert response is not None
+        policy = await response.header_value("content-security-policy")
+        assert policy is not None and "script-src 'self'" in policy, policy
+        assert "'unsafe-inline'" not in policy
         await expect(status).to_have_attribute("data-state", "open", timeout=UI_TIMEOUT)
         await expect(page.get_by_test_id("user-name")).to_have_text(user)
         await expect_unread(page, 0)
@@ -149,3 +157,21 @@ async def test_notification_centre_lives_through_rest_events_and_an_edge_restart
         await page.screenshot(path=str(shot), full_page=True)
         print(f"screenshot: {shot}\nlogs:\n{edge.logs()[-4000:]}")
         raise
+
+
+async def test_a_token_handed_over_in_the_address_leaves_the_address_bar(
+    browser: Browser, services: tuple[ServiceProcess, str], make_token: Any
+) -> None:
+    edge, _ = services
+    token = make_token("fragment-user")
+    page = await browser.new_page()
+    status = page.get_by_test_id("connection-status")
+    await page.goto(f"{edge.base_url}/#token={token}")
+    await expect(status).to_have_attribute("data-state", "open", timeout=UI_TIMEOUT)
+    await expect(page.get_by_test_id("user-name")).to_have_text("fragment-user")
+    assert token not in page.url
+    await page.reload()  # the tab keeps it (sessionStorage), not the address or history
+    await expect(status).to_have_attribute("data-state", "open", timeout=UI_TIMEOUT)
+    await expect(page.get_by_test_id("user-name")).to_have_text("fragment-user")
+    assert token not in page.url
+    await page.close()

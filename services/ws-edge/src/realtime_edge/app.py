@@ -7,8 +7,10 @@ import mimetypes
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -17,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from realtime_edge.endpoint import WebSocketEndpoint, error_body
 from realtime_edge.handshake import extract_token
+from realtime_edge.headers import SecurityHeaders, page_policy
 from realtime_edge.metrics import CONTENT_TYPE_LATEST
 from realtime_edge.node import Node
 from realtime_edge.settings import EdgeSettings
@@ -25,6 +28,12 @@ from realtime_shared.routing import fits_routing_key
 from realtime_shared.streams import DEFAULT_STREAM
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+CLIENT_FILES = frozenset({"realtime.js", "realtime.d.ts"})
+"""Always served: the browser client and its types."""
+
+DEMO_FILES = frozenset({"index.html", "demo.js", "demo.css"})
+"""Served only while the demo is on; otherwise nothing of it answers."""
 
 DEV_TOKEN_TTL = 3600
 
@@ -52,6 +61,24 @@ class EdgeApp(Starlette):
                 scope["path_params"] = {"stream": stream}
                 return await self.endpoint(scope, receive, send)
         return await super().__call__(scope, receive, send)
+
+
+class StaticFilesOf(StaticFiles):
+    """`StaticFiles`, answering only for the listed file names (404 for the rest)."""
+
+    def __init__(self, names: frozenset[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.names = names
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        if path not in self.names:
+            return _error(404, "NOT_FOUND", "no such file")
+        return await super().get_response(path, scope)
+
+
+def _origin(url: str) -> str | None:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -93,7 +120,14 @@ def create_app(settings: EdgeSettings, verifier: TokenVerifier | None = None) ->
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/admin/connections", admin_connections),
-        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        Mount(
+            "/static",
+            StaticFilesOf(
+                CLIENT_FILES | (DEMO_FILES if settings.demo_enabled else frozenset()),
+                directory=STATIC_DIR,
+            ),
+            name="static",
+        ),
     ]
 
     if settings.demo_enabled:
@@ -135,6 +169,18 @@ def create_app(settings: EdgeSettings, verifier: TokenVerifier | None = None) ->
         finally:
             await node.stop()
 
-    app = EdgeApp(endpoint, routes=routes, lifespan=lifespan)
+    page_csp = page_policy(_origin(settings.edge_notifications_url))
+    app = EdgeApp(
+        endpoint,
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(
+                SecurityHeaders,
+                page_paths=frozenset({"/", "/static/index.html"}),
+                page_csp=page_csp,
+            )
+        ],
+    )
     app.state.node = node
     return app

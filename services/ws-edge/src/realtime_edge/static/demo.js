@@ -47,6 +47,8 @@ const state = {
 
 // ---- tokens -------------------------------------------------------------------------------
 
+const TOKEN_KEY = "realtime-demo-token";
+
 async function devToken(user, permissions = []) {
   const query = new URLSearchParams({ user });
   if (permissions.length) query.set("permissions", permissions.join(","));
@@ -412,13 +414,20 @@ async function start() {
   const fragment = new URLSearchParams(location.hash.slice(1));
   const params = new URLSearchParams(location.search);
   if (fragment.get("token")) {
-    // Outside dev mode: a token handed over in the fragment, which is never sent to a server.
-    state.staticToken = fragment.get("token");
+    // Outside dev mode: a token handed over in the fragment, which is never sent to a
+    // server. It leaves the address bar (and history, screenshots, shared links) at once;
+    // this tab keeps it for reloads.
+    sessionStorage.setItem(TOKEN_KEY, fragment.get("token"));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  if (sessionStorage.getItem(TOKEN_KEY)) {
+    state.staticToken = sessionStorage.getItem(TOKEN_KEY);
     let sub;
     try {
       const part = state.staticToken.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
       sub = JSON.parse(atob(part.padEnd(Math.ceil(part.length / 4) * 4, "="))).sub;
     } catch {
+      sessionStorage.removeItem(TOKEN_KEY);
       showState("closed");
       return notice("The token in the address is not a JWT.");
     }
