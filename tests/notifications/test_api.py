@@ -410,3 +410,24 @@ async def test_a_burst_of_concurrent_writes_all_commit_and_each_publishes_once(
     assert sorted(e.data["notification_id"] for e in events) == sorted(ids + ids[:30])
     read_events = [e for e in events if e.event == "notification.read"]
     assert {e.data["notification_id"] for e in read_events} == set(ids[:30])
+
+
+async def test_responses_carry_browser_security_headers(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    for response in (
+        await client.get(BASE, headers=auth("alice")),
+        await client.get(BASE),  # an error body too
+        await client.get("/healthz"),
+    ):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+async def test_a_trailing_slash_is_not_redirected(client: httpx.AsyncClient, auth: Auth) -> None:
+    # A redirect is built from Host and scheme: behind proxies it pointed at http://.
+    response = await client.get(f"{BASE}/", headers=auth("alice"))
+    assert response.status_code == 404
+    assert "location" not in response.headers

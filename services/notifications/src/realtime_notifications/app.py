@@ -21,10 +21,13 @@ from realtime_notifications.services import NotificationService
 from realtime_notifications.settings import NotificationsSettings
 from realtime_notifications.unit_of_work import Transactions
 from realtime_shared.auth import TokenVerifier
+from realtime_shared.headers import SecurityHeaders
 
 log = logging.getLogger(__name__)
 
 VERIFIED_TOKENS = 1024
+
+DOC_PAGES = ("/docs", "/docs/oauth2-redirect", "/redoc")
 
 
 def create_app(
@@ -71,6 +74,9 @@ def create_app(
             await database.dispose()
 
     app = FastAPI(
+        # The API's paths have no trailing slash; a redirect to add or strip one would be
+        # built from Host and scheme, which behind proxies is easy to get wrong.
+        redirect_slashes=False,
         title="realtime notifications",
         version=__version__,
         description="Notification state for users; every change is also published as an event "
@@ -124,4 +130,6 @@ def create_app(
         max_age=600,
     )
     app.add_middleware(RequestMetrics, metrics=metrics)
+    # Swagger UI and ReDoc load their scripts from a CDN: no CSP on those two pages.
+    app.add_middleware(SecurityHeaders, policies=dict.fromkeys(DOC_PAGES))
     return app

@@ -19,11 +19,11 @@ from starlette.types import Receive, Scope, Send
 
 from realtime_edge.endpoint import WebSocketEndpoint, error_body
 from realtime_edge.handshake import extract_token
-from realtime_edge.headers import SecurityHeaders, page_policy
 from realtime_edge.metrics import CONTENT_TYPE_LATEST
 from realtime_edge.node import Node
 from realtime_edge.settings import EdgeSettings
 from realtime_shared.auth import PERMISSION_ADMIN, AuthError, TokenVerifier, issue_token
+from realtime_shared.headers import SecurityHeaders, page_policy
 from realtime_shared.routing import fits_routing_key
 from realtime_shared.streams import DEFAULT_STREAM
 
@@ -175,11 +175,7 @@ def create_app(settings: EdgeSettings, verifier: TokenVerifier | None = None) ->
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(
-                SecurityHeaders,
-                page_paths=frozenset({"/", "/static/index.html"}),
-                page_csp=page_csp,
-            )
+            Middleware(SecurityHeaders, policies={"/": page_csp, "/static/index.html": page_csp})
         ],
     )
     app.state.node = node
