@@ -16,6 +16,7 @@ import pytest
 from support.edge import EdgeProcess, connected, publish, recv_event, running_edge
 from support.tcp_proxy import TcpProxy
 
+from realtime_shared.amqp import DEFAULT_HEARTBEAT
 from realtime_shared.routing import user_key
 
 pytestmark = pytest.mark.integration
@@ -100,3 +101,10 @@ async def test_a_deleted_queue_is_noticed_counted_and_replaced(
         await recv_event(alice, "after")
         assert await edge_queues(amqp_url, edge.node_id) not in ([], [queue])
         await alice.close()
+
+
+async def test_the_edge_asks_rabbitmq_for_a_short_heartbeat(amqp_url: str, exchange: str) -> None:
+    async with running_edge(amqp_url, exchange) as edge:
+        rows = (await rabbitmqctl("list_connections", "timeout", "client_properties")).splitlines()
+    (timeout,) = [row.split("\t", 1)[0] for row in rows if f"ws-edge {edge.node_id}" in row]
+    assert int(timeout) == DEFAULT_HEARTBEAT  # a silent broker is noticed in ~30 s, not ~3 min

@@ -15,6 +15,7 @@ from realtime_notifications import __version__
 from realtime_notifications.domain import STREAM, EventName
 from realtime_notifications.outbox import PendingEvent
 from realtime_notifications.schemas import EVENT_SCHEMAS
+from realtime_shared.amqp import with_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class EventPublisher(Protocol):
 class RabbitEventPublisher:
     def __init__(self, amqp_url: str, exchange: str, *, publish_timeout: float) -> None:
         self.broker = RabbitBroker(
-            amqp_url,
+            with_heartbeat(amqp_url),
             reconnect_interval=RECONNECT_INTERVAL,
             # Named, so operators (and `rabbitmqctl close_connection`) can find it.
             client_properties=cast(Any, {"connection_name": CONNECTION_NAME}),
