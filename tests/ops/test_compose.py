@@ -3,27 +3,69 @@
 from __future__ import annotations
 
 import re
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml  # type: ignore[import-untyped]
 from support.ops import (
     COMPOSE_FILE,
     EXAMPLE_ENV,
-    FILLED_SECRETS,
     NGINX_CONF,
+    RABBITMQ_CONF,
     ROOT,
     clean_env,
+    make_secrets,
     require_tool,
 )
 
 pytestmark = pytest.mark.unit
 
-SERVICES = {"rabbitmq", "postgres", "migrate", "notifications", "edge", "proxy"}
+SERVICES = {"rabbitmq-users", "rabbitmq", "postgres", "migrate", "notifications", "edge", "proxy"}
 MONITORING = {"prometheus", "grafana"}
 STYLE_RULES_OFF = ("no-build-and-image", "no-unbound-port-interfaces")
+
+# Which secret files each container may read; none other is mounted into it.
+SECRETS_BY_SERVICE = {
+    "rabbitmq-users": {"edge_amqp_url", "notifications_amqp_url", "rabbitmq_admin_password"},
+    "rabbitmq": set(),
+    "postgres": {"postgres_password", "migrate_database_url", "notifications_database_url"},
+    "migrate": {"migrate_database_url"},
+    "notifications": {
+        "jwt_secret",
+        "jwt_previous_secrets",
+        "notifications_amqp_url",
+        "notifications_database_url",
+    },
+    "edge": {"jwt_secret", "jwt_previous_secrets", "edge_amqp_url"},
+    "proxy": set(),
+    "prometheus": set(),
+    "grafana": {"grafana_admin_password"},
+}
+# Variables that would carry a secret's value; compose passes `<name>_FILE` instead.
+SECRET_VARIABLES = {
+    "JWT_SECRET",
+    "JWT_PREVIOUS_SECRETS",
+    "AMQP_URL",
+    "DATABASE_URL",
+    "POSTGRES_PASSWORD",
+    "RABBITMQ_DEFAULT_PASS",
+    "GF_SECURITY_ADMIN_PASSWORD",
+}
+NETWORKS_BY_SERVICE = {
+    "rabbitmq-users": set(),  # network_mode: none
+    "rabbitmq": {"backend"},
+    "postgres": {"backend"},
+    "migrate": {"backend"},
+    "notifications": {"frontend", "backend"},
+    "edge": {"frontend", "backend"},
+    "proxy": {"frontend"},
+    "prometheus": {"backend", "monitoring"},
+    "grafana": {"monitoring"},
+}
 
 
 def compose_config(env_file: Path, **environ: str) -> subprocess.CompletedProcess[str]:
@@ -39,8 +81,8 @@ def compose_config(env_file: Path, **environ: str) -> subprocess.CompletedProces
 
 
 def operator_env(tmp_path: Path, **overrides: str) -> Path:
-    """deploy/example.env as an operator fills it in: the three secrets, plus any overrides."""
-    values = {**FILLED_SECRETS, **overrides}
+    """deploy/example.env as an operator fills it in: its settings, plus any overrides."""
+    values = dict(overrides)
     lines = []
     for line in EXAMPLE_ENV.read_text().splitlines():
         key = line.lstrip("# ").split("=", 1)[0]
@@ -60,15 +102,8 @@ def rendered(tmp_path: Path, **overrides: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The stack as compose resolves it from the example env with its secrets filled in."""
+    """The stack as compose resolves it from the example env."""
     return rendered(tmp_path_factory.mktemp("env"))
-
-
-def test_the_example_env_as_shipped_is_refused_until_the_secrets_are_written() -> None:
-    result = compose_config(EXAMPLE_ENV)
-
-    assert result.returncode != 0
-    assert "in .env (see deploy/example.env)" in result.stderr
 
 
 def test_the_current_compose_spec_accepts_the_file() -> None:
@@ -87,14 +122,6 @@ def test_the_current_compose_spec_accepts_the_file() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-@pytest.mark.parametrize("secret", sorted(FILLED_SECRETS))
-def test_each_secret_is_required(tmp_path: Path, secret: str) -> None:
-    result = compose_config(operator_env(tmp_path, **{secret: ""}))
-
-    assert result.returncode != 0
-    assert f"write {secret} in .env" in result.stderr
 
 
 def test_the_stack_is_the_documented_one(config: dict[str, Any]) -> None:
@@ -136,6 +163,7 @@ def test_state_lives_in_named_volumes(config: dict[str, Any]) -> None:
 
     assert set(config["volumes"]) == {
         "rabbitmq-data",
+        "rabbitmq-definitions",
         "postgres-data",
         "prometheus-data",
         "grafana-data",
@@ -147,29 +175,115 @@ def test_state_lives_in_named_volumes(config: dict[str, Any]) -> None:
     assert config["services"]["rabbitmq"]["hostname"] == "rabbitmq"
 
 
-def test_services_get_their_secrets_and_urls_from_env(config: dict[str, Any]) -> None:
-    services = config["services"]
-    rabbit = FILLED_SECRETS["RABBITMQ_PASSWORD"]
-    postgres = FILLED_SECRETS["POSTGRES_PASSWORD"]
+def test_make_secrets_writes_every_secret_compose_reads(tmp_path: Path) -> None:
+    directory = tmp_path / "secrets"
+    written = make_secrets(directory)
+    compose_files = set(re.findall(r"\$\{SECRETS_DIR:-[^}]+\}/(\w+)", COMPOSE_FILE.read_text()))
 
-    for name in ("edge", "notifications", "migrate"):
-        env = services[name]["environment"]
-        assert env["JWT_SECRET"] == FILLED_SECRETS["JWT_SECRET"], name
-        assert env["AMQP_URL"] == f"amqp://realtime:{rabbit}@rabbitmq:5672/", name
-        assert env["LOG_FORMAT"] == "json", name
-    for name in ("notifications", "migrate"):
-        assert services[name]["environment"]["DATABASE_URL"] == (
-            f"postgresql+asyncpg://realtime:{postgres}@postgres:5432/realtime"
-        )
-    assert "DATABASE_URL" not in services["edge"]["environment"]
-    assert services["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_PASS"] == rabbit
-    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == postgres
+    assert set(written) == compose_files == set().union(*SECRETS_BY_SERVICE.values())
+    assert {name for name, value in written.items() if not value} == {"jwt_previous_secrets"}
+    # No other host user can open the directory; the containers' users can read the files.
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert {stat.S_IMODE((directory / name).stat().st_mode) for name in written} == {0o644}
+    # Each service has a user or role of its own, and a password of its own.
+    users = {name: urlsplit(value).username for name, value in written.items() if "_url" in name}
+    assert len(set(users.values())) == len(users) == 4, users
+    passwords = [urlsplit(v).password or v for v in written.values() if v]
+    assert len(set(passwords)) == len(passwords)
+    # Running it again keeps every value: the broker and the database already use them.
+    assert make_secrets(directory) == written
+
+
+def test_each_service_reads_only_its_own_secrets_from_files(config: dict[str, Any]) -> None:
+    services = config["services"]
+
+    mounted = {
+        name: {s["source"] for s in svc.get("secrets", [])} for name, svc in services.items()
+    }
+    assert mounted == SECRETS_BY_SERVICE
+    for name, svc in services.items():
+        env = svc.get("environment", {})
+        assert not SECRET_VARIABLES & set(env), name
+        # Every `<VAR>_FILE` names a file mounted into this container, and every mounted
+        # file is named by one: nothing is mounted that the service does not read.
+        named = {
+            value.removeprefix("/run/secrets/")
+            for key, value in env.items()
+            if key.endswith("_FILE")
+        }
+        assert named == mounted[name], name
+    # The schema owner's URL reaches migrate (and the server that creates the role) only.
+    holders = {name for name, secrets in mounted.items() if "migrate_database_url" in secrets}
+    assert holders == {"migrate", "postgres"}
+    assert "JWT_SECRET_FILE" not in services["migrate"]["environment"]
+
+
+def test_no_secret_value_reaches_the_compose_model(tmp_path: Path) -> None:
+    """With real secret files in place, nothing compose resolves contains any of them."""
+    secrets = make_secrets(tmp_path / "secrets")
+    result = compose_config(operator_env(tmp_path), SECRETS_DIR=str(tmp_path / "secrets"))
+
+    assert result.returncode == 0, result.stderr
+    for name, value in secrets.items():
+        if value:
+            password = urlsplit(value).password or value
+            assert password not in result.stdout, name
+    model = yaml.safe_load(result.stdout)
+    assert {Path(s["file"]).parent for s in model["secrets"].values()} == {tmp_path / "secrets"}
+
+
+def test_the_proxy_cannot_reach_the_broker_or_the_database(config: dict[str, Any]) -> None:
+    services = config["services"]
+    networks = {name: set(svc.get("networks") or {}) for name, svc in services.items()}
+
+    assert networks == NETWORKS_BY_SERVICE
+    assert set(config["networks"]) == {"frontend", "backend", "monitoring"}
+    for outsider in ("proxy", "grafana"):
+        for data in ("postgres", "rabbitmq"):
+            assert not networks[outsider] & networks[data], (outsider, data)
+    # Writes one file from files: no network at all.
+    assert services["rabbitmq-users"]["network_mode"] == "none"
+
+
+def test_every_container_has_memory_cpu_and_process_limits(config: dict[str, Any]) -> None:
+    for name, svc in config["services"].items():
+        assert svc.get("mem_limit"), name
+        assert 0 < float(svc.get("cpus", 0)) <= 1.0, name  # fits any host with one core
+        assert int(svc.get("pids_limit", 0)) > 0, name
+
+
+def test_rabbitmq_and_postgres_create_the_services_accounts(config: dict[str, Any]) -> None:
+    services = config["services"]
+    rabbitmq, postgres = services["rabbitmq"], services["postgres"]
+
+    # No default user: the broker imports the users rabbitmq-users wrote, at every boot.
+    assert not {"RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS"} & set(
+        rabbitmq.get("environment", {})
+    )
+    assert rabbitmq["depends_on"]["rabbitmq-users"] == {
+        "condition": "service_completed_successfully"
+    }
+    assert "rabbitmq-definitions:/etc/rabbitmq/definitions:ro" in rabbitmq["volumes"]
+    assert "rabbitmq-definitions:/definitions:rw" in services["rabbitmq-users"]["volumes"]
+    assert services["rabbitmq-users"]["command"][-1] == "/definitions/definitions.json"
+    assert RABBITMQ_CONF.read_text().count("/etc/rabbitmq/definitions/definitions.json") == 1
+    # The superuser's password from a file; the roles from the URL files, at first start.
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert postgres["environment"]["POSTGRES_USER"] == "postgres"
+
+
+def test_the_demo_page_is_off_unless_the_operator_asks(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    assert config["services"]["edge"]["environment"]["EDGE_DEMO"] == "false"
+    asked = rendered(tmp_path, EDGE_DEMO="true")
+    assert asked["services"]["edge"]["environment"]["EDGE_DEMO"] == "true"
 
 
 def test_service_containers_are_locked_down(config: dict[str, Any]) -> None:
     services = config["services"]
 
-    for name in ("edge", "notifications", "migrate"):
+    for name in ("edge", "notifications", "migrate", "rabbitmq-users"):
         svc = services[name]
         assert svc["read_only"] is True, name
         assert svc["tmpfs"] == ["/tmp"], name
@@ -209,12 +323,21 @@ def test_the_proxy_and_monitoring_run_the_repository_config(config: dict[str, An
         return [(Path(src).relative_to(ROOT).as_posix(), dst) for src, dst, _ in mounts]
 
     assert mounted("proxy") == [("deploy/nginx/nginx.conf", "/etc/nginx/nginx.conf")]
+    assert mounted("rabbitmq-users") == [
+        ("deploy/rabbitmq/definitions.py", "/opt/realtime/definitions.py")
+    ]
+    assert mounted("rabbitmq") == [
+        ("deploy/rabbitmq/rabbitmq.conf", "/etc/rabbitmq/conf.d/20-realtime.conf")
+    ]
+    assert mounted("postgres") == [
+        ("deploy/postgres/10-roles.sh", "/docker-entrypoint-initdb.d/10-roles.sh")
+    ]
     assert mounted("prometheus") == [("deploy/prometheus", "/etc/prometheus")]
     assert mounted("grafana") == [
         ("deploy/grafana/provisioning", "/etc/grafana/provisioning"),
         ("deploy/grafana/realtime-dashboard.json", "/var/lib/grafana/dashboards/realtime.json"),
     ]
-    for name in ("proxy", "prometheus", "grafana"):
+    for name in ("proxy", "rabbitmq-users", "rabbitmq", "postgres", "prometheus", "grafana"):
         for src, _ in mounted(name):
             assert (ROOT / src).exists(), src
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 from docker.utils.build import exclude_paths  # type: ignore[import-untyped]
 
@@ -29,12 +33,71 @@ DOCKERFILES = {
     "realtime-notifications": ROOT / "services" / "notifications" / "Dockerfile",
 }
 
-# Placeholder secrets for parsing only; never used anywhere real.
-FILLED_SECRETS = {
-    "JWT_SECRET": "0123456789abcdef0123456789abcdef-test-only",
-    "RABBITMQ_PASSWORD": "rabbit-test-only",
-    "POSTGRES_PASSWORD": "postgres-test-only",
-}
+MAKE_SECRETS = ROOT / "deploy" / "make-secrets.sh"
+RABBITMQ_DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.py"
+RABBITMQ_CONF = ROOT / "deploy" / "rabbitmq" / "rabbitmq.conf"
+POSTGRES_ROLES = ROOT / "deploy" / "postgres" / "10-roles.sh"
+
+
+def make_secrets(directory: Path, **environ: str) -> dict[str, str]:
+    """Run deploy/make-secrets.sh as an operator would; return each file's content by name."""
+    result = subprocess.run(
+        ["bash", str(MAKE_SECRETS)],
+        env=clean_env(SECRETS_DIR=str(directory), **environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return {path.name: path.read_text() for path in sorted(directory.iterdir())}
+
+
+def write_secret(directory: Path, name: str, value: str) -> Path:
+    path = directory / name
+    path.write_text(value)
+    return path
+
+
+def on_test_server(url: str, role: str, server_url: str, database: str) -> str:
+    """A database URL from make-secrets.sh (its scheme and password) for `role` and
+    `database` on the test server, where roles are shared by everyone's tests."""
+    parts, server = urlsplit(url), urlsplit(server_url)
+    netloc = f"{role}:{parts.password}@{server.hostname}:{server.port or 5432}"
+    return urlunsplit((parts.scheme, netloc, f"/{database}", "", ""))
+
+
+def apply_postgres_roles(
+    server_url: str, database: str, secrets: Path
+) -> subprocess.CompletedProcess[str]:
+    """deploy/postgres/10-roles.sh as the postgres image runs it, over TCP, not its socket."""
+    server = urlsplit(server_url)
+    return subprocess.run(
+        ["bash", str(POSTGRES_ROLES)],
+        env=clean_env(
+            PGHOST=server.hostname or "127.0.0.1",
+            PGPORT=str(server.port or 5432),
+            PGPASSWORD=server.password or "",
+            POSTGRES_USER=server.username or "postgres",
+            POSTGRES_DB=database,
+            MIGRATE_DATABASE_URL_FILE=str(secrets / "migrate_database_url"),
+            NOTIFICATIONS_DATABASE_URL_FILE=str(secrets / "notifications_database_url"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def drop_roles(server_url: str, *roles: str) -> None:
+    """After their database is dropped (nothing of theirs is left to block it)."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        for role in roles:
+            await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+    finally:
+        await conn.close()
 
 
 def context_files(root: Path) -> set[str]:
@@ -208,6 +271,87 @@ def wait_ready(port: int, log: Path) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"127.0.0.1:{port} not ready in {STARTUP_S} s:\n{log.read_text()}")
+
+
+class PrivateRabbitMQ:
+    """A RabbitMQ node of the test's own, on free ports, with deploy/rabbitmq/rabbitmq.conf.
+
+    The shared broker's users must not change, so tests of users and permissions boot
+    this one: same settings file as compose mounts, with only the definitions path (and
+    the listener) changed. `restart()` boots the same node again, as `docker compose
+    restart rabbitmq` does.
+    """
+
+    BOOT_S = 90.0
+    """A node boots in about 5 s on a quiet machine; CI machines are shared."""
+
+    def __init__(self, tmp: Path, definitions: Path) -> None:
+        server = require_tool("rabbitmq-server")
+        # Debian's /usr/sbin wrapper re-runs itself as the `rabbitmq` user, which cannot
+        # reach a test's private directories; the script it wraps runs as anyone.
+        debian = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+        self._server = str(debian if debian.exists() else server)
+        self.port, dist_port = free_port(), free_port()
+        self.log = tmp / "rabbitmq.log"
+        conf_d = tmp / "conf.d"
+        conf_d.mkdir(parents=True)
+        conf = replace_once(
+            RABBITMQ_CONF.read_text(),
+            "/etc/rabbitmq/definitions/definitions.json",
+            str(definitions),
+        )
+        (conf_d / "20-realtime.conf").write_text(conf)
+        (tmp / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
+        (tmp / "enabled_plugins").write_text("[].\n")
+        self._env = clean_env(
+            RABBITMQ_NODENAME=f"rabbit-test-{self.port}@localhost",
+            RABBITMQ_DIST_PORT=str(dist_port),
+            RABBITMQ_MNESIA_BASE=str(tmp / "mnesia"),
+            RABBITMQ_LOG_BASE=str(tmp / "log"),
+            RABBITMQ_LOGS="-",
+            RABBITMQ_CONFIG_FILE=str(tmp / "rabbitmq.conf"),
+            RABBITMQ_CONFIG_FILES=str(conf_d),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(tmp / "enabled_plugins"),
+            # Not the host's rabbitmq-env.conf: it names the shared node.
+            RABBITMQ_CONF_ENV_FILE="/dev/null",
+        )
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def url(self, user: str, password: str) -> str:
+        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            # Its own session, so stopping it takes the Erlang VM the script starts too.
+            self._process = subprocess.Popen(
+                [self._server],
+                env=self._env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_for_port(self.port, self._process, self.BOOT_S)
+        except AssertionError as exc:
+            self.stop()
+            raise AssertionError(f"{exc}\n{self.log.read_text()[-4000:]}") from None
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # anything of the node still in its group
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 def access_log_lines(files: ProxyFiles, count: int, deadline_s: float = 5.0) -> list[str]:
