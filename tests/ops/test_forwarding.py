@@ -33,6 +33,8 @@ from support.ops import (
     wait_ready,
 )
 
+from realtime_shared.headers import NOTHING_POLICY
+
 pytestmark = pytest.mark.integration
 
 
@@ -110,7 +112,9 @@ def test_a_forged_address_never_reaches_the_service(fronts: dict[str, Front]) ->
 
 
 def test_a_client_cannot_claim_https_to_the_service(fronts: dict[str, Front]) -> None:
-    """A slash redirect, if the API makes one, is built from what nginx forwarded."""
+    """Any redirect the API makes is built from what nginx forwarded (the API stopped
+    redirecting a trailing slash, which is how this was found; it must not come back
+    pointing elsewhere)."""
     front = fronts["shipped"]
     response = front.get("/api/notifications/", {"X-Forwarded-Proto": "https"})
 
@@ -142,3 +146,18 @@ def test_behind_a_tls_balancer_no_redirect_drops_https_or_the_port(
 
     location = response.headers.get("location")
     assert location in (None, "https://app.example.com:8443/api/notifications"), location
+
+
+def test_the_services_own_security_headers_arrive_once_and_unchanged(
+    fronts: dict[str, Front],
+) -> None:
+    response = fronts["shipped"].get("/api/notifications", {})
+
+    assert response.status_code == 401
+    assert response.headers.get_list("content-security-policy") == [NOTHING_POLICY]
+    for header, value in {
+        "x-content-type-options": "nosniff",
+        "x-frame-options": "DENY",
+        "referrer-policy": "no-referrer",
+    }.items():
+        assert response.headers.get_list(header) == [value], header

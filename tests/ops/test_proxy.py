@@ -36,6 +36,8 @@ from support.ops import (
 from websockets.asyncio.client import connect
 from websockets.typing import Origin
 
+from realtime_shared.headers import NOTHING_POLICY
+
 pytestmark = pytest.mark.integration
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2VjcmV0LXNpZ25hdHVyZQ"
@@ -44,10 +46,10 @@ SERVICE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'self'",
 }
-# What nginx must add to the responses it makes itself (the set the services use).
+# What nginx must add to the responses it makes itself: the set the services send.
 OWN_HEADERS = {
     "x-content-type-options": "nosniff",
-    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+    "content-security-policy": NOTHING_POLICY,
     "x-frame-options": "DENY",
     "referrer-policy": "no-referrer",
 }
