@@ -74,7 +74,8 @@ def test_subscribe_reports_every_held_stream_and_each_rejection() -> None:
     session.commit(session.plan(["notifications"]))
     plan = session.plan(["chat", "nope", "ssh", "system", "notifications"])
     assert plan.add == ["chat"]
-    reply = frame(session.commit(plan))
+    session.commit(plan)
+    reply = frame(session.subscribed_frame(plan))
     assert reply == {
         "stream": "system",
         "event": "subscribed",
@@ -91,7 +92,44 @@ def test_subscribe_reports_every_held_stream_and_each_rejection() -> None:
 
 def test_subscribe_without_rejections_omits_the_key() -> None:
     session = Session(claims(), max_streams=8)
-    assert frame(session.commit(session.plan(["chat"])))["data"] == {"streams": ["chat"]}
+    plan = session.plan(["chat"])
+    session.commit(plan)
+    assert frame(session.subscribed_frame(plan))["data"] == {"streams": ["chat"]}
+
+
+def test_subscribe_with_recover_subscribes_those_streams_and_reports_recovered() -> None:
+    recover = {" Notifications ": {"epoch": "e1", "seq": 7}}
+    command = parse_command(
+        orjson.dumps({"action": "subscribe", "streams": ["chat"], "recover": recover}).decode()
+    )
+    assert command == Subscribe(["chat", "notifications"], {"notifications": ("e1", 7)})
+    session = Session(claims(), max_streams=8)
+    plan = session.plan(command.streams)  # type: ignore[attr-defined]
+    session.commit(plan)
+    reply = frame(session.subscribed_frame(plan, {"notifications": True}))
+    assert reply["data"] == {
+        "streams": ["chat", "notifications"],
+        "recovered": {"notifications": True},
+    }
+
+
+@pytest.mark.parametrize(
+    "recover",
+    [
+        "[]",
+        '{"chat":{"seq":1}}',
+        '{"chat":{"epoch":"","seq":1}}',
+        '{"chat":{"epoch":"' + "e" * 65 + '","seq":1}}',
+        '{"chat":{"epoch":"e","seq":-1}}',
+        '{"chat":{"epoch":"e","seq":true}}',
+        '{"chat":{"epoch":"e","seq":1.5}}',
+        '{"chat":7}',
+    ],
+)
+def test_a_malformed_recover_is_an_invalid_frame(recover: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_command('{"action":"subscribe","streams":[],"recover":' + recover + "}")
+    assert info.value.code == "INVALID_FRAME"
 
 
 def test_the_stream_limit_rejects_the_overflow() -> None:

@@ -18,6 +18,7 @@ from starlette.types import Send
 
 from realtime_edge.closecodes import CloseCode
 from realtime_edge.protocol import Session
+from realtime_edge.recovery import Gate
 
 DEFAULT_CLOSE_TIMEOUT = 10.0
 """How long a closing client has to read up to the close frame (uvicorn's own close wait)."""
@@ -57,6 +58,7 @@ class Connection:
         "_writer",
         "close_code",
         "expiry",
+        "gate",
         "id",
         "session",
         "started",
@@ -91,6 +93,7 @@ class Connection:
         self.close_code: CloseCode | None = None
         self.expiry: int | None = None  # the token deadline it is scheduled for (Deadlines)
         self.started = False  # True once `connected` is queued: only then may other frames go
+        self.gate: Gate | None = None  # while recovering: held-back messages (recovery.py)
 
     @property
     def closing(self) -> bool:
@@ -108,6 +111,20 @@ class Connection:
         if len(queue) >= self._limit:
             return False
         queue.append(frame)
+        return True
+
+    def replay(self, frames: list[str]) -> bool:
+        """Send or queue frames a recovery owes the client, beyond the queue's usual limit
+        (a replay is bounded by EDGE_RECOVERY_MAX); False when the connection is closing."""
+        if self.closing:
+            return False
+        for frame in frames:
+            if self._writer is None:
+                self._write_through({"type": "websocket.send", "text": frame})
+                if self._failed:
+                    return False
+            else:
+                self._queue.append(frame)
         return True
 
     def close(self, code: CloseCode, *, flush: bool = True) -> None:

@@ -32,6 +32,7 @@ from aiormq.abc import AbstractChannel, ChannelFrame, DeliveredMessage
 from pamqp import commands as spec
 
 from realtime_edge.metrics import EdgeMetrics
+from realtime_edge.recovery import HistoryClient
 from realtime_shared.amqp import with_heartbeat
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ class BrokerLink:
         metrics: EdgeMetrics,
         node_id: str | None = None,
         queue_max_bytes: int = 0,
+        history: HistoryClient | None = None,
     ) -> None:
         self.url = url
         self.exchange = exchange
@@ -245,6 +247,7 @@ class BrokerLink:
         self._connection: aiormq.abc.AbstractConnection | None = None
         self._consuming = asyncio.Event()
         self._sessions = 0
+        self._history = history
         self._queue_arguments: dict[str, Any] = {}
         if queue_max_bytes > 0:
             # A lagging edge sheds its oldest messages instead of pushing RabbitMQ into the
@@ -337,6 +340,9 @@ class BrokerLink:
                 raise ConnectionError("binding worker stopped")
             self.inline_delivery = _deliver_inline(channel, self._on_message)
             await channel.basic_consume(queue, self._deliver, no_ack=True)
+            if self._history is not None:
+                # Its own channel: confirms and returns for requests, direct reply-to answers.
+                await self._history.attach(await connection.channel(publisher_confirms=True))
             self._consuming.set()
             self._metrics.broker_up.set(1)
             if resumed:
@@ -355,6 +361,8 @@ class BrokerLink:
                     raise fut.exception()  # type: ignore[misc]
             raise ConnectionError("RabbitMQ closed the link")
         finally:
+            if self._history is not None:
+                self._history.detach()
             if worker is not None:
                 worker.cancel()
                 await asyncio.wait([worker])

@@ -28,6 +28,7 @@ from realtime_edge.protocol import (
     PONG_FRAME,
     TOKEN_EXPIRED_FRAME,
     Ping,
+    Position,
     ProtocolError,
     Refresh,
     Session,
@@ -35,6 +36,7 @@ from realtime_edge.protocol import (
     Unsubscribe,
     parse_command,
 )
+from realtime_edge.recovery import Gate, gather_replays
 from realtime_edge.wsprotocol import ABORT_EXTENSION
 from realtime_shared.auth import AuthError
 
@@ -192,18 +194,59 @@ class WebSocketEndpoint:
 
     async def _subscribe(self, conn: Connection, command: Subscribe) -> None:
         node = self.node
-        plan = conn.session.plan(command.streams)
+        session = conn.session
+        plan = session.plan(command.streams)
+        recovering = {
+            stream: position
+            for stream, position in command.recover.items()
+            if stream in plan.add or session.holds(stream)
+        }
+        gate = self._hold_back(conn, recovering)
         futures = node.hold(conn.user_id, plan.add)
         try:
             await node.bound(futures)
         except BaseException:
             node.release(conn.user_id, plan.add)
             raise
-        reply = conn.session.commit(plan)
+        session.commit(plan)
         if conn.started and not conn.closing:
             for stream in plan.add:
                 node.hub.join(conn, stream)
-        node.send(conn, reply)
+        if gate is None:
+            node.send(conn, session.subscribed_frame(plan))
+            return
+        # The bindings are in place: the history asked for now covers everything that
+        # was not, or will not be, delivered live to this connection.
+        replays, _ = await gather_replays(
+            node.history, conn.user_id, recovering, metrics=node.metrics, connection_id=conn.id
+        )
+        recovered: dict[str, bool] = {}
+        for stream in recovering:
+            replay = replays.get(stream)
+            if replay is not None and stream in gate.overflowed:
+                node.metrics.recovery_failures.labels("overflow").inc()
+                replay = None  # live messages were dropped while held back: refetch
+            recovered[stream] = replay is not None
+            if replay is not None:
+                node.metrics.recoveries_succeeded.inc()
+                node.metrics.replayed.inc(len(replay.frames))
+                conn.replay(replay.frames)
+        node.send(conn, session.subscribed_frame(plan, recovered))
+        for stream in recovering:
+            replay = replays.get(stream) if recovered[stream] else None
+            conn.replay(gate.release(stream, None if replay is None else replay.last))
+        if gate.idle:
+            conn.gate = None
+
+    def _hold_back(self, conn: Connection, streams: dict[str, Position]) -> Gate | None:
+        """From now on, live messages of `streams` wait for this connection's recovery."""
+        if not streams:
+            return None
+        gate = conn.gate or Gate(self.node.settings.edge_recovery_max)
+        for stream in streams:
+            gate.hold(stream)
+        conn.gate = gate
+        return gate
 
     def _leave(self, conn: Connection, dropped: list[str]) -> None:
         """Streams the session no longer holds: no delivery from now on, bindings released."""

@@ -24,6 +24,7 @@ import orjson
 from realtime_edge.closecodes import CloseCode
 from realtime_edge.connection import Connection
 from realtime_edge.metrics import EdgeMetrics
+from realtime_edge.recovery import Position, position_of
 from realtime_shared.routing import stream_key, user_key
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,16 @@ class Hub:
         members = self._routes.get(routing_key)
         if not members:
             return
-        frame = self._frame(routing_key, body)
-        if frame is None:
+        parsed = self._frame(routing_key, body)
+        if parsed is None:
             return
+        stream, frame, position = parsed
         delivered = 0
         slow: list[Connection] | None = None
         for conn in members:
+            gate = conn.gate
+            if gate is not None and gate.take(stream, position, frame):
+                continue  # held back while its stream recovers, or already replayed
             if conn.deliver(frame):
                 delivered += 1
             elif not conn.closing:
@@ -117,8 +122,9 @@ class Hub:
         conn.close(CloseCode.TRY_AGAIN_LATER, flush=False)
         self.unregister(conn)
 
-    def _frame(self, routing_key: str, body: bytes) -> str | None:
-        """The body as a frame with `stream` from the key, or None (dropped and counted)."""
+    def _frame(self, routing_key: str, body: bytes) -> tuple[str, str, Position | None] | None:
+        """(stream, frame, position): the body as a frame with `stream` from the key and
+        its (epoch, seq) if it has one; None when dropped (and counted)."""
         if len(body) > self._max_message_bytes:
             # Every recipient would buffer its own copy of it.
             self._metrics.oversized.inc()
@@ -138,7 +144,9 @@ class Hub:
             log.warning("dropping a message on %r that is not a JSON envelope", routing_key)
             return None
         obj.pop("stream", None)
-        return orjson.dumps({"stream": routing_key.partition(".")[0], **obj}).decode()
+        stream = routing_key.partition(".")[0]
+        frame = orjson.dumps({"stream": stream, **obj}).decode()
+        return stream, frame, position_of(obj)
 
     # -- admin --------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "EdgeMetrics"]
@@ -57,6 +57,29 @@ class EdgeMetrics:
         self.oversized = Counter(
             "edge_messages_oversized",
             "Consumed messages dropped for being over EDGE_MAX_MESSAGE_BYTES",
+            registry=r,
+        )
+        self.recoveries = Counter(
+            "edge_recoveries",
+            "Streams a client asked to recover (subscribe with recover)",
+            registry=r,
+        )
+        self.recoveries_succeeded = Counter(
+            "edge_recoveries_succeeded", "Streams recovered exactly (recovered: true)", registry=r
+        )
+        self.recovery_failures = Counter(
+            "edge_recovery_failures",
+            "Streams not recovered (recovered: false; the client refetches), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.replayed = Counter(
+            "edge_recovery_replayed_messages", "Missed messages sent by recoveries", registry=r
+        )
+        self.recovery_seconds = Histogram(
+            "edge_recovery_seconds",
+            "From reading a subscribe with recover to having the owners' answers",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=r,
         )
         self.broker_up = Gauge("edge_broker_up", "1 while consuming from RabbitMQ", registry=r)

@@ -18,6 +18,7 @@ from realtime_edge.handshake import Handshake
 from realtime_edge.hub import Hub, keys_for
 from realtime_edge.metrics import EdgeMetrics
 from realtime_edge.origin import OriginPolicy
+from realtime_edge.recovery import HistoryClient
 from realtime_edge.settings import EdgeSettings
 from realtime_shared.auth import TokenVerifier
 
@@ -31,6 +32,11 @@ class Node:
         self.metrics = EdgeMetrics()
         self.hub = Hub(self.metrics, settings.edge_max_message_bytes)
         self.bindings = Bindings(settings.edge_unbind_delay, self.metrics)
+        self.history = HistoryClient(
+            settings.realtime_exchange,
+            limit=settings.edge_recovery_max,
+            wait=settings.edge_recovery_timeout,
+        )
         self.link = BrokerLink(
             url=settings.amqp_url,
             exchange=settings.realtime_exchange,
@@ -39,6 +45,7 @@ class Node:
             on_resumed=self._resync,
             metrics=self.metrics,
             queue_max_bytes=settings.edge_queue_max_bytes,
+            history=self.history,
         )
         self.handshake = Handshake(
             OriginPolicy(settings.edge_allowed_origins),

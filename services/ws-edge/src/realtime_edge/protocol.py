@@ -68,9 +68,16 @@ class ProtocolError(Exception):
         return error_frame(self.code, self.message)
 
 
+Position = tuple[str, int]
+"""(epoch, seq): where a client's copy of a stream ends."""
+
+MAX_EPOCH_CHARS = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Subscribe:
     streams: list[str]
+    recover: dict[str, Position] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,26 @@ def _stream_list(obj: dict[str, Any]) -> list[str]:
     return normalise_streams(streams)
 
 
+def _positions(value: object) -> dict[str, Position]:
+    """`recover`: {"<stream>": {"epoch": "<1-64 chars>", "seq": <int >= 0>}, ...}."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(INVALID_FRAME, "'recover' must be an object of stream positions")
+    positions: dict[str, Position] = {}
+    for name, position in value.items():
+        epoch = position.get("epoch") if isinstance(position, dict) else None
+        seq = position.get("seq") if isinstance(position, dict) else None
+        if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_CHARS:
+            raise ProtocolError(INVALID_FRAME, "'recover' epochs must be 1-64 characters")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise ProtocolError(INVALID_FRAME, "'recover' seqs must be integers >= 0")
+        stream = name.strip().lower()
+        if stream:
+            positions[stream] = (epoch, seq)
+    return positions
+
+
 def parse_command(text: str) -> Command:
     """One client text frame to a command, or ProtocolError saying what is wrong with it."""
     try:
@@ -110,7 +137,9 @@ def parse_command(text: str) -> Command:
     if not isinstance(action, str):
         raise ProtocolError(INVALID_FRAME, "'action' must be a string")
     if action == "subscribe":
-        return Subscribe(_stream_list(obj))
+        recover = _positions(obj.get("recover"))
+        # A stream to recover is subscribed to as if listed in `streams`.
+        return Subscribe(normalise_streams([*_stream_list(obj), *recover]), recover)
     if action == "unsubscribe":
         return Unsubscribe(_stream_list(obj))
     if action == "ping":
@@ -172,13 +201,20 @@ class Session:
                 plan.add.append(stream)
         return plan
 
-    def commit(self, plan: SubscribePlan) -> str:
-        """Hold the planned streams; the `subscribed` reply."""
+    def commit(self, plan: SubscribePlan) -> None:
+        """Hold the planned streams (their bindings are in place)."""
         for stream in plan.add:
             self._held[stream] = None
+
+    def subscribed_frame(
+        self, plan: SubscribePlan, recovered: dict[str, bool] | None = None
+    ) -> str:
+        """The reply to a subscribe: all streams now held, what was refused, what recovered."""
         data: dict[str, Any] = {"streams": self.streams}
         if plan.rejected:
             data["rejected"] = plan.rejected
+        if recovered:
+            data["recovered"] = recovered
         return system_frame(SUBSCRIBED, data)
 
     def drop(self, streams: Iterable[str]) -> list[str]:

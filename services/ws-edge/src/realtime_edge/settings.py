@@ -27,6 +27,13 @@ DEFAULT_QUEUE_MAX_BYTES = 128 << 20
 near empty, and a lagging one must not push the broker into its memory alarm, which
 blocks every publisher on every node. 0 turns the limit off."""
 
+DEFAULT_RECOVERY_MAX = 500
+"""Missed messages a recovery replays at most; a client further behind refetches state,
+which is cheaper than replaying that much through one socket."""
+
+DEFAULT_RECOVERY_TIMEOUT = 3.0
+"""Seconds a history owner has to answer; a client waiting longer would rather refetch."""
+
 DEFAULT_UNBIND_DELAY = 5.0
 """A reload or a reconnect within this window keeps the broker binding instead of churning it."""
 
@@ -53,6 +60,8 @@ class EdgeSettings(RealtimeSettings):
     edge_max_frame_bytes: int = Field(default=DEFAULT_MAX_FRAME_BYTES, ge=128)
     edge_max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
     edge_queue_max_bytes: int = Field(default=DEFAULT_QUEUE_MAX_BYTES, ge=0)
+    edge_recovery_max: int = Field(default=DEFAULT_RECOVERY_MAX, ge=1, le=100_000)
+    edge_recovery_timeout: float = Field(default=DEFAULT_RECOVERY_TIMEOUT, gt=0)
     edge_unbind_delay: float = Field(default=DEFAULT_UNBIND_DELAY, ge=0)
     edge_max_connections_per_user: int = Field(default=DEFAULT_MAX_CONNECTIONS_PER_USER, ge=1)
     edge_max_streams_per_connection: int = Field(default=DEFAULT_MAX_STREAMS_PER_CONNECTION, ge=1)
