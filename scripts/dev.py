@@ -4,10 +4,11 @@
     uv run python scripts/dev.py notify alice    # create a notification for alice
 
 `make dev` has already installed the workspace and made sure RabbitMQ answers (AMQP_URL).
-This starts `ws-edge --dev` and `notifications-service --dev` as child processes, prefixes
-their output, waits until both answer /readyz, then prints the demo URL and a `curl`
-command that makes a notification appear on the page. Ctrl-C stops both. The ports can be
-moved with DEV_EDGE_PORT / DEV_NOTIFICATIONS_PORT (or --edge-port / --notifications-port).
+This starts `ws-edge --dev` and `notifications-service --dev` as child processes (without
+the JWT keys the environment or `.env` may hold: dev mode refuses them), prefixes their
+output, waits until both answer /readyz, then prints the demo URL and a `curl` command that
+makes a notification appear on the page. Ctrl-C stops both. The ports can be moved with
+DEV_EDGE_PORT / DEV_NOTIFICATIONS_PORT (or --edge-port / --notifications-port).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import aio_pika
 import httpx
 
 from realtime_shared.auth import PERMISSION_MANAGE_NOTIFICATIONS, issue_token
-from realtime_shared.settings import RealtimeSettings
+from realtime_shared.settings import KEY_VARIABLES, RealtimeSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -36,6 +37,8 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 DEMO_USER = "alice"
 DEMO_SENDER = "demo-admin"
+NO_KEYS = dict.fromkeys(KEY_VARIABLES, "")
+"""Dev mode refuses configured keys, and `.env` may hold compose's: an empty one is unset."""
 
 
 def _env_port(name: str, default: int) -> int:
@@ -72,11 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dev_settings() -> RealtimeSettings:
+    """What the services will read from the environment and .env (in dev mode: no keys)."""
+    return RealtimeSettings(dev=True)
+
+
 def _sender_token() -> str:
-    """A `notification.manage` token signed like the services verify it (dev key or JWT_SECRET)."""
-    settings = RealtimeSettings(dev=True)
+    """A `notification.manage` token signed like the services verify it: with the dev key."""
+    settings = _dev_settings()
     secret = settings.effective_jwt_secret()
-    assert secret is not None  # dev=True always has a key
+    assert secret is not None  # dev mode always has a key
     return issue_token(
         DEMO_SENDER,
         secret,
@@ -213,7 +221,7 @@ async def rabbitmq_answers(amqp_url: str) -> str | None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    amqp_url = RealtimeSettings(dev=True).amqp_url  # what the services will read (env, .env)
+    amqp_url = _dev_settings().amqp_url
     problem = await rabbitmq_answers(amqp_url)
     if problem is not None:
         print(
@@ -236,7 +244,7 @@ async def run(args: argparse.Namespace) -> int:
     edge_url = f"http://{public}:{args.edge_port}"
     notifications_url = f"http://{public}:{args.notifications_port}"
     database = args.data_dir.resolve() / "notifications.db"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **NO_KEYS}
     children = [
         Child(
             "notifications",

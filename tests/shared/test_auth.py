@@ -1,3 +1,4 @@
+import secrets
 import time
 
 import jwt
@@ -319,3 +320,18 @@ def test_the_memory_of_verified_tokens_is_bounded() -> None:
     assert v.verify(tokens[0]).sub == "a"
     with pytest.raises(TokenExpired):
         v.verify(tokens[2])  # remembered: checked on the (advanced) clock
+
+
+def configured(**values: object) -> RealtimeSettings:
+    """Settings as an operator's variables give them (no `.env`, nothing else of the caller's)."""
+    values.setdefault("jwt_previous_secrets", None)
+    values.setdefault("jwt_public_key", None)
+    return RealtimeSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("name", ["JWT_SECRET", "JWT_PREVIOUS_SECRETS", "JWT_PUBLIC_KEY"])
+def test_dev_mode_refuses_to_start_beside_a_configured_key(name: str) -> None:
+    key = secrets.token_hex(32)
+    values = {"jwt_secret": None, name.lower(): key}
+    with pytest.raises(KeyConfigError, match=f"--dev .* unset {name}, or start without --dev"):
+        TokenVerifier.from_settings(configured(dev=True, **values))

@@ -24,6 +24,11 @@ def test_the_command_line_goes_on_top_of_the_environment(
     assert settings.log_level == "DEBUG"
 
 
+def test_only_the_dev_flag_turns_on_dev_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEV", "true")
+    assert not settings_from_args(RealtimeSettings, parse(), "svc").dev
+
+
 def test_invalid_settings_exit_2_and_say_why(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,6 +1,9 @@
+import secrets
+from pathlib import Path
+
 import pytest
 
-from realtime_shared.auth import TokenVerifier
+from realtime_shared.auth import TokenInvalid, TokenVerifier
 from realtime_shared.settings import DEV_JWT_SECRET
 from realtime_shared.token_cli import main
 
@@ -22,3 +25,16 @@ def test_refuses_without_a_key(
     monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
     assert main(["alice"]) == 2
     assert "JWT_SECRET" in capsys.readouterr().err
+
+
+def test_with_dev_a_configured_secret_never_signs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    configured = secrets.token_hex(32)
+    monkeypatch.setenv("JWT_SECRET", configured)
+    assert main(["alice", "--dev"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert TokenVerifier(algorithms=["HS256"], secret=DEV_JWT_SECRET).verify(token).sub == "alice"
+    with pytest.raises(TokenInvalid):
+        TokenVerifier(algorithms=["HS256"], secret=configured).verify(token)

@@ -3,7 +3,8 @@
 Rules: the algorithm comes from an allow-list (``none`` never), ``exp`` and
 ``sub`` are required, ``aud``/``iss`` are checked when configured, and the
 key is chosen by the algorithm's family so a public key can never be used
-as an HMAC secret.
+as an HMAC secret. Keys an operator configured (`TokenVerifier.from_settings`) are
+never used beside `--dev`.
 """
 
 from __future__ import annotations
@@ -161,6 +162,14 @@ class TokenVerifier:
 
     @classmethod
     def from_settings(cls, settings: RealtimeSettings, *, cache_size: int = 0) -> TokenVerifier:
+        """The verifier for an operator's settings, which must hold no key in dev mode:
+        `/dev/token` hands out tokens to anyone, so a dev process must never accept tokens
+        of a configured key."""
+        if settings.dev and (configured := settings.configured_keys()):
+            raise KeyConfigError(
+                "--dev signs tokens with the public development key, never with a configured "
+                f"one: unset {' and '.join(configured)}, or start without --dev"
+            )
         public = settings.jwt_public_key
         return cls(
             cache_size=cache_size,

@@ -1,12 +1,16 @@
-"""Settings every process shares, from the environment (and `.env`) at construction time only."""
+"""Settings every process shares, from the environment (and `.env`) at construction time only.
+
+Dev mode is not a setting: only the `--dev` flag, or code that constructs settings with
+`dev=True`, turns it on.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Annotated, Literal, TypeVar, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
@@ -14,6 +18,9 @@ DEFAULT_EXCHANGE = "realtime"
 
 DEV_JWT_SECRET = "realtime-dev-secret-not-for-production!"
 """Used only with `--dev`: a fixed, public key so local tools can mint tokens."""
+
+KEY_VARIABLES = ("JWT_SECRET", "JWT_PREVIOUS_SECRETS", "JWT_PUBLIC_KEY")
+"""The variables that hold keys: dev mode refuses to start beside any of them."""
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -41,9 +48,19 @@ class RealtimeSettings(BaseSettings):
     jwt_public_key: SecretStr | None = None
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
-    dev: bool = Field(default=False, description="use the public dev key when JWT_SECRET is unset")
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    _dev: bool = PrivateAttr(default=False)
+
+    def __init__(self, *, dev: bool = False, **values: Any) -> None:
+        # Not a field, so no source (a `DEV=1` in the environment or `.env`) can reach it.
+        super().__init__(**values)
+        self._dev = dev
+
+    @property
+    def dev(self) -> bool:
+        """Development mode: the public dev key, the demo page, `/dev/token`."""
+        return self._dev
 
     @field_validator(
         "jwt_secret",
@@ -65,13 +82,19 @@ class RealtimeSettings(BaseSettings):
         return split_commas(value)
 
     def effective_jwt_secret(self) -> str | None:
-        if self.jwt_secret is not None:
-            return self.jwt_secret.get_secret_value()
-        return DEV_JWT_SECRET if self.dev else None
+        """The key tokens are signed with: in dev mode always the public dev key, never a
+        configured one (`TokenVerifier.from_settings` refuses dev mode beside one)."""
+        if self.dev:
+            return DEV_JWT_SECRET
+        return None if self.jwt_secret is None else self.jwt_secret.get_secret_value()
 
     def previous_jwt_secrets(self) -> list[str]:
         value = self.jwt_previous_secrets
         return [] if value is None else cast(list[str], split_commas(value.get_secret_value()))
+
+    def configured_keys(self) -> list[str]:
+        """The names of the KEY_VARIABLES that hold a key."""
+        return [name for name in KEY_VARIABLES if getattr(self, name.lower()) is not None]
 
 
 SettingsT = TypeVar("SettingsT", bound=RealtimeSettings)
@@ -81,19 +104,22 @@ def add_process_arguments(parser: argparse.ArgumentParser, *, port: int) -> None
     """The options every service process takes (the contract's `--host` and `--port`)."""
     parser.add_argument("--host", default="0.0.0.0", help="bind address (0.0.0.0)")
     parser.add_argument("--port", type=int, default=port, help=f"bind port ({port})")
-    parser.add_argument("--dev", action="store_true", help="development mode (insecure dev key)")
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="development mode: the public dev key, /dev/token and the demo page; "
+        "refuses to start while a JWT key is configured",
+    )
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING... (LOG_LEVEL)")
 
 
 def settings_from_args(cls: type[SettingsT], args: argparse.Namespace, prog: str) -> SettingsT:
     """The environment with the command line on top; exit 2, saying why, if invalid."""
-    overrides: dict[str, object] = {}
-    if args.dev:
-        overrides["dev"] = True
+    overrides: dict[str, Any] = {"dev": bool(args.dev)}
     if args.log_level:
         overrides["log_level"] = args.log_level.upper()
     try:
-        return cls(**overrides)  # type: ignore[arg-type]
+        return cls(**overrides)
     except ValidationError as exc:
         print(f"{prog}: invalid settings:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -42,16 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = RealtimeSettings(dev=args.dev)
+    secret = settings.effective_jwt_secret()  # with --dev the dev key, whatever is configured
     try:
-        verifier = TokenVerifier(
-            algorithms=["HS256"],
-            secret=settings.effective_jwt_secret(),
-        )
+        verifier = TokenVerifier(algorithms=["HS256"], secret=secret)
+        assert secret is not None  # TokenVerifier refuses to go without a key
     except KeyConfigError as exc:
         print(f"realtime-token: {exc}", file=sys.stderr)
         return 2
-    secret = settings.effective_jwt_secret()
-    assert secret is not None
     token = issue_token(
         args.user,
         secret,
