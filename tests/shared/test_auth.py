@@ -1,3 +1,4 @@
+import base64
 import secrets
 import time
 
@@ -14,7 +15,7 @@ from realtime_shared.auth import (
     TokenVerifier,
     issue_token,
 )
-from realtime_shared.settings import RealtimeSettings
+from realtime_shared.settings import DEV_JWT_SECRET, RealtimeSettings
 
 pytestmark = pytest.mark.unit
 
@@ -243,13 +244,14 @@ def test_a_short_previous_secret_refuses_to_start() -> None:
 
 
 def test_previous_secrets_come_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("JWT_SECRET", SECRET)
-    monkeypatch.setenv("JWT_PREVIOUS_SECRETS", "o" * 32 + ", " + "p" * 32)
+    new, old, older = (secrets.token_hex(32) for _ in range(3))
+    monkeypatch.setenv("JWT_SECRET", new)
+    monkeypatch.setenv("JWT_PREVIOUS_SECRETS", old + ", " + older)
     settings = RealtimeSettings(_env_file=None)  # type: ignore[call-arg]
-    assert settings.previous_jwt_secrets() == ["o" * 32, "p" * 32]
-    assert "o" * 32 not in repr(settings)
+    assert settings.previous_jwt_secrets() == [old, older]
+    assert old not in repr(settings)
     v = TokenVerifier.from_settings(settings)
-    assert v.verify(issue_token("alice", "p" * 32)).sub == "alice"
+    assert v.verify(issue_token("alice", older)).sub == "alice"
     monkeypatch.setenv("JWT_PREVIOUS_SECRETS", "")
     assert RealtimeSettings(_env_file=None).previous_jwt_secrets() == []  # type: ignore[call-arg]
 
@@ -335,3 +337,53 @@ def test_dev_mode_refuses_to_start_beside_a_configured_key(name: str) -> None:
     values = {"jwt_secret": None, name.lower(): key}
     with pytest.raises(KeyConfigError, match=f"--dev .* unset {name}, or start without --dev"):
         TokenVerifier.from_settings(configured(dev=True, **values))
+
+
+@pytest.mark.parametrize(
+    ("values", "name"),
+    [
+        ({"jwt_secret": DEV_JWT_SECRET}, "JWT_SECRET"),
+        (
+            {"jwt_secret": secrets.token_hex(32), "jwt_previous_secrets": DEV_JWT_SECRET},
+            "a key in JWT_PREVIOUS_SECRETS",
+        ),
+    ],
+)
+def test_the_published_dev_key_is_refused_outside_dev_mode(
+    values: dict[str, str], name: str
+) -> None:
+    with pytest.raises(KeyConfigError, match=f"^{name} is the published development key"):
+        TokenVerifier.from_settings(configured(**values))
+
+
+@pytest.mark.parametrize("typed", ["k" * 32, "ab" * 16, "abcd" * 8, "-+" * 20])
+def test_a_key_of_a_few_repeated_characters_is_refused(typed: str) -> None:
+    rule = r"not random enough: .* estimated \d+ bits of entropy where at least 80 are needed"
+    with pytest.raises(KeyConfigError, match=f"^JWT_SECRET is {rule}"):
+        TokenVerifier.from_settings(configured(jwt_secret=typed))
+    with pytest.raises(KeyConfigError, match=f"^a key in JWT_PREVIOUS_SECRETS is {rule}"):
+        TokenVerifier.from_settings(
+            configured(jwt_secret=secrets.token_hex(32), jwt_previous_secrets=typed)
+        )
+
+
+@pytest.mark.parametrize(
+    "make_key",
+    [
+        lambda: secrets.token_hex(16),  # the shortest random key the length rule admits
+        lambda: secrets.token_hex(32),  # openssl rand -hex 32
+        lambda: base64.b64encode(secrets.token_bytes(32)).decode(),  # openssl rand -base64 32
+        lambda: secrets.token_urlsafe(32),
+    ],
+    ids=["hex-16", "hex-32", "base64-32", "urlsafe-32"],
+)
+def test_random_keys_are_accepted(make_key: object) -> None:
+    for _ in range(300):  # the estimate varies from key to key: none of them may fall short
+        key = make_key()  # type: ignore[operator]
+        verifier = TokenVerifier.from_settings(configured(jwt_secret=key))
+        assert verifier.verify(issue_token("alice", key)).sub == "alice"
+
+
+def test_a_short_key_is_still_refused_for_its_length_first() -> None:
+    with pytest.raises(KeyConfigError, match="at least 32 bytes"):
+        TokenVerifier.from_settings(configured(jwt_secret="kkkk"))

@@ -67,6 +67,28 @@ def test_dev_mode_of_the_notifications_service_refuses_a_configured_key(tmp_path
     assert "--dev signs tokens with the public development key" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"JWT_SECRET": DEV_JWT_SECRET}, "JWT_SECRET is the published development key"),
+        (
+            {"JWT_SECRET": secrets.token_hex(32), "JWT_PREVIOUS_SECRETS": DEV_JWT_SECRET},
+            "a key in JWT_PREVIOUS_SECRETS is the published development key",
+        ),
+        ({"JWT_SECRET": "k" * 32}, "JWT_SECRET is not random enough"),
+    ],
+    ids=["dev-key", "dev-key-retired", "repeated"],
+)
+def test_the_dev_key_and_typed_keys_are_refused(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    for service in SERVICES:
+        done = run(service, tmp_path, **env)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"{service}: {message}")
+        assert len(done.stderr.splitlines()) == 1
+
+
 async def test_without_the_flag_DEV_is_ignored(
     amqp_url: str, exchange: str, tmp_path: Path
 ) -> None:

@@ -38,3 +38,15 @@ def test_with_dev_a_configured_secret_never_signs(
     assert TokenVerifier(algorithms=["HS256"], secret=DEV_JWT_SECRET).verify(token).sub == "alice"
     with pytest.raises(TokenInvalid):
         TokenVerifier(algorithms=["HS256"], secret=configured).verify(token)
+
+
+@pytest.mark.parametrize("weak", [DEV_JWT_SECRET, "k" * 32])
+def test_refuses_to_sign_with_a_key_the_services_refuse(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, weak: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JWT_SECRET", weak)
+    assert main(["alice"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("realtime-token: JWT_SECRET is ")

@@ -3,14 +3,17 @@
 Rules: the algorithm comes from an allow-list (``none`` never), ``exp`` and
 ``sub`` are required, ``aud``/``iss`` are checked when configured, and the
 key is chosen by the algorithm's family so a public key can never be used
-as an HMAC secret. Keys an operator configured (`TokenVerifier.from_settings`) are
-never used beside `--dev`.
+as an HMAC secret. Keys an operator configured (`TokenVerifier.from_settings`) must
+also be real ones: not the published dev key, not a few characters repeated, and
+never beside `--dev`.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -21,11 +24,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
 from realtime_shared.routing import fits_routing_key
-from realtime_shared.settings import RealtimeSettings
+from realtime_shared.settings import DEV_JWT_SECRET, RealtimeSettings
 from realtime_shared.streams import CATALOG
 
 MIN_HMAC_KEY_BYTES = 32
 """RFC 7518 §3.2: an HS256 key must be at least as long as the hash output."""
+
+MIN_KEY_ENTROPY_BITS = 80
+"""Far below any random key the length rule admits (32 random hex characters estimate at
+92 bits or more, `openssl rand -hex 32` at about 240), far above a typed pattern ('k' * 32
+estimates at 0 bits, 'abcd' * 8 at 64): see `estimated_key_bits`."""
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_TYPES = (
@@ -162,16 +170,16 @@ class TokenVerifier:
 
     @classmethod
     def from_settings(cls, settings: RealtimeSettings, *, cache_size: int = 0) -> TokenVerifier:
-        """The verifier for an operator's settings, which must hold no key in dev mode:
-        `/dev/token` hands out tokens to anyone, so a dev process must never accept tokens
-        of a configured key."""
+        """The verifier for an operator's settings, which must hold real keys (see
+        `refuse_weak_key`) and none at all in dev mode: `/dev/token` hands out tokens to
+        anyone, so a dev process must never accept tokens of a configured key."""
         if settings.dev and (configured := settings.configured_keys()):
             raise KeyConfigError(
                 "--dev signs tokens with the public development key, never with a configured "
                 f"one: unset {' and '.join(configured)}, or start without --dev"
             )
         public = settings.jwt_public_key
-        return cls(
+        verifier = cls(
             cache_size=cache_size,
             algorithms=settings.jwt_algorithms,
             secret=settings.effective_jwt_secret(),
@@ -180,6 +188,12 @@ class TokenVerifier:
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
         )
+        hmac = any(a in HMAC_ALGORITHMS for a in verifier.algorithms)
+        if hmac and settings.jwt_secret is not None:
+            refuse_weak_key("JWT_SECRET", settings.jwt_secret.get_secret_value())
+            for key in settings.previous_jwt_secrets():
+                refuse_weak_key("a key in JWT_PREVIOUS_SECRETS", key)
+        return verifier
 
     def _check_config(self) -> None:
         if not self.algorithms:
@@ -275,6 +289,31 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise TokenInvalid("token signature or format is invalid") from None
         return _claims(payload)
+
+
+def estimated_key_bits(key: str) -> float:
+    """The key's length times the Shannon entropy of its characters' frequencies.
+
+    It sees how few characters a key repeats, not sequences or words, so it only catches
+    keys that are obviously typed; for a random key it is close to the real entropy.
+    """
+    return sum(n * math.log2(len(key) / n) for n in Counter(key).values())
+
+
+def refuse_weak_key(name: str, key: str) -> None:
+    """Raise KeyConfigError if a configured HMAC key is the public dev key or obviously typed."""
+    if key == DEV_JWT_SECRET:
+        raise KeyConfigError(
+            f"{name} is the published development key, with which anyone can sign tokens: "
+            "make a real one with `openssl rand -hex 32`"
+        )
+    bits = estimated_key_bits(key)
+    if bits < MIN_KEY_ENTROPY_BITS:
+        raise KeyConfigError(
+            f"{name} is not random enough: its characters give an estimated {bits:.0f} bits "
+            f"of entropy where at least {MIN_KEY_ENTROPY_BITS} are needed (a random key from "
+            "`openssl rand -hex 32` gives about 240)"
+        )
 
 
 def pem_blocks(text: str) -> list[str]:

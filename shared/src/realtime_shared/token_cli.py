@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from realtime_shared.auth import KeyConfigError, TokenVerifier, issue_token
+from realtime_shared.auth import KeyConfigError, TokenVerifier, issue_token, refuse_weak_key
 from realtime_shared.settings import RealtimeSettings, split_commas
 
 
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         verifier = TokenVerifier(algorithms=["HS256"], secret=secret)
         assert secret is not None  # TokenVerifier refuses to go without a key
+        if not settings.dev:
+            refuse_weak_key("JWT_SECRET", secret)  # as the services would
     except KeyConfigError as exc:
         print(f"realtime-token: {exc}", file=sys.stderr)
         return 2
