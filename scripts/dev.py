@@ -29,7 +29,7 @@ import aio_pika
 import httpx
 
 from realtime_shared.auth import PERMISSION_MANAGE_NOTIFICATIONS, issue_token
-from realtime_shared.settings import KEY_VARIABLES, RealtimeSettings
+from realtime_shared.settings import KEY_VARIABLES, RealtimeSettings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dev_settings() -> RealtimeSettings:
     """What the services will read from the environment and .env (in dev mode: no keys)."""
-    return RealtimeSettings(dev=True)
+    return load_settings(RealtimeSettings, "dev", dev=True)
 
 
 def _sender_token() -> str:

@@ -51,6 +51,50 @@ def run(service: str, cwd: Path, *args: str, **env: str) -> subprocess.Completed
     )
 
 
+@pytest.mark.parametrize(
+    ("service", "invalid", "named"),
+    [
+        (
+            "ws-edge",
+            {"EDGE_PING_INTERVAL": "70", "EDGE_PONG_TIMEOUT": "60"},
+            ["EDGE_PONG_TIMEOUT must be longer than EDGE_PING_INTERVAL"],
+        ),
+        (
+            "ws-edge",
+            {"EDGE_SEND_QUEUE": "0", "LOG_FORMAT": "xml"},
+            ["LOG_FORMAT: Input should be", "EDGE_SEND_QUEUE: Input should be greater"],
+        ),
+        (
+            "notifications-service",
+            {"DATABASE_POOL_SIZE": "0"},
+            ["DATABASE_POOL_SIZE: Input should be greater"],
+        ),
+    ],
+    ids=["edge-combination", "edge-fields", "notifications-field"],
+)
+def test_invalid_settings_are_named_with_their_reason_never_with_values(
+    tmp_path: Path, service: str, invalid: dict[str, str], named: list[str]
+) -> None:
+    secret, password = secrets.token_hex(32), secrets.token_hex(8)
+    done = run(
+        service,
+        tmp_path,
+        JWT_SECRET=secret,
+        AMQP_URL=f"amqp://realtime:{password}@127.0.0.1:1/",
+        DATABASE_URL=f"postgresql://realtime:{password}@127.0.0.1:1/realtime",
+        **invalid,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"{service}: invalid settings:"
+    assert len(lines) == 1 + len(named), done.stderr  # one line per invalid setting
+    for line, reason in zip(lines[1:], named, strict=True):
+        assert reason in line
+    assert secret not in done.stderr
+    assert password not in done.stderr
+    assert "input_value" not in done.stderr
+
+
 @pytest.mark.parametrize("variable", ["JWT_SECRET", "JWT_PREVIOUS_SECRETS", "JWT_PUBLIC_KEY"])
 def test_dev_mode_refuses_to_start_beside_a_configured_key(tmp_path: Path, variable: str) -> None:
     done = run("ws-edge", tmp_path, "--dev", **{variable: secrets.token_hex(32)})

@@ -29,13 +29,12 @@ def test_only_the_dev_flag_turns_on_dev_mode(monkeypatch: pytest.MonkeyPatch) ->
     assert not settings_from_args(RealtimeSettings, parse(), "svc").dev
 
 
-def test_invalid_settings_exit_2_and_say_why(
+def test_invalid_settings_exit_2_naming_the_variable_and_the_reason_only(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("LOG_FORMAT", "xml")
+    monkeypatch.setenv("LOG_FORMAT", "xml-with-a-secret")
     with pytest.raises(SystemExit) as exited:
         settings_from_args(RealtimeSettings, parse(), "svc")
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("svc: invalid settings:")
-    assert "log_format" in err
+    assert err == "svc: invalid settings:\n  LOG_FORMAT: Input should be 'text' or 'json'\n"

@@ -11,6 +11,7 @@ import sys
 from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
@@ -100,6 +101,24 @@ class RealtimeSettings(BaseSettings):
 SettingsT = TypeVar("SettingsT", bound=RealtimeSettings)
 
 
+def _reason(error: ErrorDetails) -> str:
+    """`EDGE_SEND_QUEUE: Input should be ...`: the variable and why, never the value."""
+    loc = error["loc"]
+    return f"{str(loc[0]).upper()}: {error['msg']}" if loc else error["msg"]
+
+
+def load_settings(cls: type[SettingsT], prog: str, **values: Any) -> SettingsT:
+    """`cls(**values)` on top of the environment; exit 2 if invalid, naming each variable and
+    the reason in one line but never a value (pydantic's own message shows every input,
+    secrets included, and a start-up error lands in logs)."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        reasons = [_reason(error) for error in exc.errors(include_url=False, include_input=False)]
+    print(f"{prog}: invalid settings:", *(f"  {r}" for r in reasons), sep="\n", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def add_process_arguments(parser: argparse.ArgumentParser, *, port: int) -> None:
     """The options every service process takes (the contract's `--host` and `--port`)."""
     parser.add_argument("--host", default="0.0.0.0", help="bind address (0.0.0.0)")
@@ -118,8 +137,4 @@ def settings_from_args(cls: type[SettingsT], args: argparse.Namespace, prog: str
     overrides: dict[str, Any] = {"dev": bool(args.dev)}
     if args.log_level:
         overrides["log_level"] = args.log_level.upper()
-    try:
-        return cls(**overrides)
-    except ValidationError as exc:
-        print(f"{prog}: invalid settings:\n{exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return load_settings(cls, prog, **overrides)

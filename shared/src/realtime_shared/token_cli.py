@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from realtime_shared.auth import KeyConfigError, TokenVerifier, issue_token, refuse_weak_key
-from realtime_shared.settings import RealtimeSettings, split_commas
+from realtime_shared.settings import RealtimeSettings, load_settings, split_commas
 
 
 def _list(values: list[str] | None) -> list[str]:
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = RealtimeSettings(dev=args.dev)
+    settings = load_settings(RealtimeSettings, "realtime-token", dev=args.dev)
     secret = settings.effective_jwt_secret()  # with --dev the dev key, whatever is configured
     try:
         verifier = TokenVerifier(algorithms=["HS256"], secret=secret)
