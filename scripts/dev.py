@@ -29,7 +29,7 @@ import aio_pika
 import httpx
 
 from realtime_shared.auth import PERMISSION_MANAGE_NOTIFICATIONS, issue_token
-from realtime_shared.settings import KEY_VARIABLES, RealtimeSettings, load_settings
+from realtime_shared.settings import FILE_SUFFIX, KEY_VARIABLES, RealtimeSettings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -37,7 +37,7 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 DEMO_USER = "alice"
 DEMO_SENDER = "demo-admin"
-NO_KEYS = dict.fromkeys(KEY_VARIABLES, "")
+NO_KEYS = {name + suffix: "" for name in KEY_VARIABLES for suffix in ("", FILE_SUFFIX)}
 """Dev mode refuses configured keys, and `.env` may hold compose's: an empty one is unset."""
 
 

@@ -1,5 +1,5 @@
 """The shared settings as an operator meets them: `ws-edge` and `notifications-service` started
-as processes, with variables and a `.env`."""
+as processes, with variables, a `.env` and `<VAR>_FILE` files."""
 
 from __future__ import annotations
 
@@ -95,13 +95,19 @@ def test_invalid_settings_are_named_with_their_reason_never_with_values(
     assert "input_value" not in done.stderr
 
 
-@pytest.mark.parametrize("variable", ["JWT_SECRET", "JWT_PREVIOUS_SECRETS", "JWT_PUBLIC_KEY"])
+@pytest.mark.parametrize(
+    "variable", ["JWT_SECRET", "JWT_PREVIOUS_SECRETS", "JWT_PUBLIC_KEY", "JWT_SECRET_FILE"]
+)
 def test_dev_mode_refuses_to_start_beside_a_configured_key(tmp_path: Path, variable: str) -> None:
-    done = run("ws-edge", tmp_path, "--dev", **{variable: secrets.token_hex(32)})
+    key = secrets.token_hex(32)
+    (tmp_path / "key").write_text(key)
+    value = str(tmp_path / "key") if variable.endswith("_FILE") else key
+    done = run("ws-edge", tmp_path, "--dev", **{variable: value})
     assert done.returncode == 2, done.stderr
+    named = variable.removesuffix("_FILE")
     assert done.stderr == (
         "ws-edge: --dev signs tokens with the public development key, never with a configured "
-        f"one: unset {variable}, or start without --dev\n"
+        f"one: unset {named}, or start without --dev\n"
     )
 
 
@@ -133,14 +139,54 @@ def test_the_dev_key_and_typed_keys_are_refused(
         assert len(done.stderr.splitlines()) == 1
 
 
-async def test_without_the_flag_DEV_is_ignored(
+def test_an_unreadable_key_file_is_named_with_its_path(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-secret"
+    done = run("notifications-service", tmp_path, JWT_SECRET_FILE=str(missing))
+    assert done.returncode == 2, done.stderr
+    assert f"JWT_SECRET_FILE: cannot read {missing} (No such file or directory)" in done.stderr
+
+
+def test_a_key_given_twice_names_both_variables(tmp_path: Path) -> None:
+    secret = secrets.token_hex(32)
+    (tmp_path / "key").write_text(secret)
+    done = run("ws-edge", tmp_path, JWT_SECRET=secret, JWT_SECRET_FILE=str(tmp_path / "key"))
+    assert done.returncode == 2, done.stderr
+    assert "JWT_SECRET and JWT_SECRET_FILE are both set" in done.stderr
+    assert secret not in done.stderr
+
+
+def test_the_database_url_can_come_from_a_file(tmp_path: Path) -> None:
+    database = tmp_path / "from-file.db"
+    (tmp_path / "database-url").write_text(f"sqlite+aiosqlite:///{database}\n")
+    done = subprocess.run(
+        [str(NOTIFICATIONS), "migrate"],
+        env=environ(DATABASE_URL_FILE=str(tmp_path / "database-url")),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert database.stat().st_size > 0
+
+
+async def test_without_the_flag_DEV_is_ignored_and_keys_come_from_files(
     amqp_url: str, exchange: str, tmp_path: Path
 ) -> None:
     key = secrets.token_hex(32)
+    (tmp_path / "jwt-secret").write_text(key + "\n")
+    (tmp_path / "amqp-url").write_text(amqp_url + "\n")
     (tmp_path / ".env").write_text("DEV=true\n")
-    env = environ(DEV="1", JWT_SECRET=key, AMQP_URL=amqp_url, REALTIME_EXCHANGE=exchange)
+    env = environ(
+        DEV="1",
+        JWT_SECRET_FILE=str(tmp_path / "jwt-secret"),
+        AMQP_URL_FILE=str(tmp_path / "amqp-url"),
+        REALTIME_EXCHANGE=exchange,
+    )
     proc, log_path = spawn_edge(tmp_path, env)
     try:
+        # Ready only once connected to the broker: AMQP_URL came from its file.
         edge = EdgeProcess(proc, await _wait_started(proc, log_path, "/readyz"), log_path, "")
         async with httpx.AsyncClient(base_url=edge.base_url) as http:
             assert (await http.get("/dev/token", params={"user": "mallory"})).status_code == 404

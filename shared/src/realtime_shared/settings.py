@@ -1,18 +1,29 @@
 """Settings every process shares, from the environment (and `.env`) at construction time only.
 
-Dev mode is not a setting: only the `--dev` flag, or code that constructs settings with
-`dev=True`, turns it on.
+Any setting `X` may instead be given as `X_FILE`, the path of a file holding its value (as
+the official postgres and rabbitmq images read their secrets), so a secret mounted as a file
+never has to sit in the environment. Dev mode is not a setting: only the `--dev` flag, or
+code that constructs settings with `dev=True`, turns it on.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
 DEFAULT_EXCHANGE = "realtime"
@@ -23,6 +34,9 @@ DEV_JWT_SECRET = "realtime-dev-secret-not-for-production!"
 KEY_VARIABLES = ("JWT_SECRET", "JWT_PREVIOUS_SECRETS", "JWT_PUBLIC_KEY")
 """The variables that hold keys: dev mode refuses to start beside any of them."""
 
+FILE_SUFFIX = "_FILE"
+"""`JWT_SECRET_FILE=/run/secrets/jwt` gives JWT_SECRET the file's content."""
+
 CommaList = Annotated[list[str], NoDecode]
 
 
@@ -31,6 +45,51 @@ def split_commas(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+class FileVariablesSource(PydanticBaseSettingsSource):
+    """Each setting's `<VAR>_FILE`, from the environment or `.env`: the file's content, one
+    trailing newline stripped (what `echo` and editors add), is the value.
+
+    Setting both `X` and `X_FILE` is an error rather than a silent choice, and an error never
+    includes a file's content. An empty variable counts as unset, as it does for the keys.
+    """
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], *sources: PydanticBaseSettingsSource
+    ) -> None:
+        super().__init__(settings_cls)
+        self._variables: dict[str, str | None] = {}
+        for source in sources:  # lowest priority first: the environment overrides `.env`
+            if isinstance(source, EnvSettingsSource):
+                self._variables.update({k.upper(): v for k, v in source.env_vars.items()})
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = field_name.upper()
+        path = self._variables.get(variable + FILE_SUFFIX)
+        if not path:
+            return None, field_name, False
+        if self._variables.get(variable):
+            raise SettingsError(
+                f"{variable} and {variable}{FILE_SUFFIX} are both set: set only one of them"
+            )
+        try:
+            content = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(
+                f"{variable}{FILE_SUFFIX}: cannot read {path} ({exc.strerror or exc})"
+            ) from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"{variable}{FILE_SUFFIX}: {path} is not UTF-8 text") from None
+        return content.removesuffix("\n"), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[key] = value
+        return values
 
 
 class RealtimeSettings(BaseSettings):
@@ -62,6 +121,20 @@ class RealtimeSettings(BaseSettings):
     def dev(self) -> bool:
         """Development mode: the public dev key, the demo page, `/dev/token`."""
         return self._dev
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = FileVariablesSource(settings_cls, dotenv_settings, env_settings)
+        # Above the variables themselves only so that an empty `X=` gives way to `X_FILE`:
+        # both set is an error.
+        return init_settings, files, env_settings, dotenv_settings, file_secret_settings
 
     @field_validator(
         "jwt_secret",
@@ -115,6 +188,8 @@ def load_settings(cls: type[SettingsT], prog: str, **values: Any) -> SettingsT:
         return cls(**values)
     except ValidationError as exc:
         reasons = [_reason(error) for error in exc.errors(include_url=False, include_input=False)]
+    except SettingsError as exc:
+        reasons = [str(exc)]
     print(f"{prog}: invalid settings:", *(f"  {r}" for r in reasons), sep="\n", file=sys.stderr)
     raise SystemExit(2)
 
