@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -25,6 +26,9 @@ READY_BANNER = "Ctrl-C stops everything"
 def dev_env(amqp_url: str, exchange: str, edge_port: int, api_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JWT_")}
     env.update(
+        # A developer's shell or .env may hold the compose stack's key: dev mode must not
+        # refuse to start for it, nor use it.
+        JWT_SECRET=secrets.token_hex(32),
         AMQP_URL=amqp_url,
         REALTIME_EXCHANGE=exchange,
         DEV_EDGE_PORT=str(edge_port),

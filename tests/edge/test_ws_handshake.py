@@ -1,5 +1,6 @@
 """What a client sees before the upgrade, and the HTTP endpoints beside /ws."""
 
+import secrets
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -8,7 +9,6 @@ import websockets
 from support.edge import EdgeProcess, recv_frame, running_edge
 
 from realtime_shared.auth import issue_token
-from realtime_shared.settings import DEV_JWT_SECRET
 
 pytestmark = pytest.mark.integration
 
@@ -130,14 +130,13 @@ async def test_dev_token_and_demo_config_exist_in_dev_mode(edge: EdgeProcess) ->
 
 
 async def test_during_a_key_rotation_the_previous_secret_still_connects(
-    amqp_url: str, exchange: str, make_token: MakeToken
+    amqp_url: str, exchange: str
 ) -> None:
-    new = "n" * 32
-    # make_token signs with the dev key: here it is the key being retired.
+    new, old = secrets.token_hex(32), secrets.token_hex(32)
     async with running_edge(
-        amqp_url, exchange, JWT_SECRET=new, JWT_PREVIOUS_SECRETS=DEV_JWT_SECRET
+        amqp_url, exchange, dev=False, JWT_SECRET=new, JWT_PREVIOUS_SECRETS=old
     ) as edge:
-        for token in (make_token("alice"), issue_token("bob", new)):
+        for token in (issue_token("alice", old), issue_token("bob", new)):
             async with websockets.connect(edge.ws_url(token=token)) as ws:
                 assert (await recv_frame(ws))["event"] == "connected"
         status, body = await refused(edge.ws_url(token=issue_token("eve", "r" * 32)))

@@ -36,10 +36,14 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _RUNNING = re.compile(r"Uvicorn running on http://[^:]+:(\d+)")
 SCRUBBED_ENV = (
-    # Key settings a developer's shell or .env may hold: the test processes use --dev.
+    # Key settings a developer's shell or .env may hold: the test processes use --dev,
+    # which refuses to start beside a key (given directly or as a file).
     "JWT_SECRET",
     "JWT_PREVIOUS_SECRETS",
     "JWT_PUBLIC_KEY",
+    "JWT_SECRET_FILE",
+    "JWT_PREVIOUS_SECRETS_FILE",
+    "JWT_PUBLIC_KEY_FILE",
     "JWT_AUDIENCE",
     "JWT_ISSUER",
     "JWT_ALGORITHMS",
@@ -91,8 +95,11 @@ def _read(path: Path) -> str:
     return path.read_text(errors="replace")
 
 
-def _spawn(workdir: Path, log_path: Path, environ: dict[str, str]) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "realtime_edge.cli", "--dev", "--host", "127.0.0.1"]
+def _spawn(
+    workdir: Path, log_path: Path, environ: dict[str, str], *, dev: bool
+) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "realtime_edge.cli", *(["--dev"] if dev else [])]
+    argv += ["--host", "127.0.0.1"]
     with log_path.open("wb") as log_file:
         return subprocess.Popen(
             [*argv, "--port", "0"], cwd=workdir, env=environ, stdout=log_file, stderr=log_file
@@ -118,15 +125,17 @@ async def _wait_started(proc: subprocess.Popen[bytes], log_path: Path, probe: st
 
 @contextlib.asynccontextmanager
 async def running_edge(
-    amqp_url: str, exchange: str, *, wait_ready: bool = True, **env: str
+    amqp_url: str, exchange: str, *, wait_ready: bool = True, dev: bool = True, **env: str
 ) -> AsyncIterator[EdgeProcess]:
-    """`wait_ready=False`: return once the process answers /healthz, connected or not."""
+    """`wait_ready=False`: return once the process answers /healthz, connected or not.
+    `dev=False`: without `--dev`, for a test that configures its own keys (dev mode refuses
+    to start beside one)."""
     workdir = Path(tempfile.mkdtemp(prefix="ws-edge-"))
     log_path = workdir / "ws-edge.log"
     environ = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     environ.update(AMQP_URL=amqp_url, REALTIME_EXCHANGE=exchange, PYTHONUNBUFFERED="1")
     environ.update({k: str(v) for k, v in env.items()})
-    proc = _spawn(workdir, log_path, environ)
+    proc = _spawn(workdir, log_path, environ, dev=dev)
     edge: EdgeProcess | None = None
     try:
         base_url = await _wait_started(proc, log_path, "/readyz" if wait_ready else "/healthz")
