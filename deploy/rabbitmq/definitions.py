@@ -111,13 +111,14 @@ def definitions(environ: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
         "vhosts": [{"name": vhost}],
         "permissions": [
             grant(admin_user, ".*", ".*", ".*"),
-            # Its own queues; the exchanges it declares; binds from `realtime` (read) and
-            # publishes client messages to the inbound exchange (write). It cannot publish
-            # to `realtime`, so it cannot forge an event for any user.
+            # Its own queues; the exchanges it declares; binds from `realtime` (read);
+            # publishes client messages to the inbound exchange and history requests
+            # through the default exchange (write; answers come by direct reply-to, which
+            # needs no grant). It cannot publish to `realtime`.
             grant(
                 edge_user,
                 configure=exact(EDGE_QUEUE_PREFIX, exchange, inbound),
-                write=exact(EDGE_QUEUE_PREFIX, inbound),
+                write=exact(EDGE_QUEUE_PREFIX, inbound, DEFAULT_EXCHANGE),
                 read=exact(EDGE_QUEUE_PREFIX, exchange),
             ),
             # Declares and publishes to `realtime`; owns its history queue (declare,

@@ -140,16 +140,17 @@ def declare_queue(name: str) -> Action:
 
 
 # (secret file of the user, what it tries, allowed?). The edge consumes the keys of its
-# users and publishes client messages; notifications declares and publishes events, owns
-# its history queue and replies through the default exchange. Neither can do the other's
-# job: the edge cannot forge an event, notifications cannot read anyone's stream.
+# users, publishes client messages and asks for history through the default exchange;
+# notifications declares and publishes events, owns its history queue and replies through
+# the default exchange. The edge cannot publish to `realtime`, notifications cannot bind a
+# queue to read anyone's stream.
 CASES: list[tuple[str, str, Action, bool]] = [
     ("edge_amqp_url", "declares the exchange", declare_exchange(EXCHANGE), True),
     ("edge_amqp_url", "declares the inbound exchange", declare_exchange(INBOUND), True),
     ("edge_amqp_url", "consumes its own bound queue", consume_own_queue, True),
     ("edge_amqp_url", "publishes a client message", publish(INBOUND, "chat.alice"), True),
     ("edge_amqp_url", "publishes an event", publish(EXCHANGE, "notifications.bob"), False),
-    ("edge_amqp_url", "publishes into any queue", publish("", "ws-edge.other"), False),
+    ("edge_amqp_url", "asks for history", publish("", HISTORY), True),
     ("edge_amqp_url", "reads the history queue", consume_history, False),
     ("edge_amqp_url", "declares another queue", declare_queue("notifications.tap"), False),
     ("notifications_amqp_url", "declares the exchange", declare_exchange(EXCHANGE), True),
