@@ -2,16 +2,18 @@
 
 compose.yaml runs a one-shot `migrate`, two notifications replicas on PostgreSQL, two edges
 and nginx in front. This starts exactly that from the console scripts (the images'
-entrypoints) with the environment compose gives them, puts deploy/nginx/nginx.conf in
-front with its two service names pointed at upstream groups of the two replicas each, and
-uses the stack the way the operations guide does.
+entrypoints) with the environment compose gives them: secrets as `<VAR>_FILE` files from
+deploy/make-secrets.sh, `migrate` as the schema owner and the replicas on the rows-only
+role that deploy/postgres/10-roles.sh makes. It puts deploy/nginx/nginx.conf in front with
+its two service names pointed at upstream groups of the two replicas each, and uses the
+stack the way the operations guide does. (RabbitMQ's per-service users need a broker of
+their own: tests/ops/test_rabbitmq_users.py.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import subprocess
 import time
 import uuid
@@ -27,14 +29,19 @@ from support.db import create_database, drop_database
 from support.ops import (
     BIN,
     ProxyFiles,
+    apply_postgres_roles,
     clean_env,
+    drop_roles,
     free_port,
+    make_secrets,
+    on_test_server,
     proxy_test_copy,
     replace_once,
     require_tool,
     running_nginx,
     service,
     wait_ready,
+    write_secret,
 )
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
@@ -48,7 +55,7 @@ pytestmark = pytest.mark.e2e
 @dataclass
 class Stack:
     proxy_port: int
-    secret: str
+    secrets: Path
     logs: list[Path]
     proxy_files: ProxyFiles
     edges: list[int]
@@ -63,13 +70,14 @@ class Stack:
         return f"ws://127.0.0.1:{self.proxy_port}{path}?token={token}"
 
     def token(self, user: str, *permissions: str) -> str:
-        return issue_token(user, self.secret, ttl=300, permissions=list(permissions))
+        secret = (self.secrets / "jwt_secret").read_text()
+        return issue_token(user, secret, ttl=300, permissions=list(permissions))
 
     def token_cli(self, *argv: str) -> str:
         """`realtime-token` as docs/operations.md runs it in the edge container (same env)."""
         result = subprocess.run(
             [str(BIN / "realtime-token"), *argv],
-            env=clean_env(JWT_SECRET=self.secret, JWT_ALGORITHMS="HS256"),
+            env=clean_env(JWT_SECRET_FILE=str(self.secrets / "jwt_secret"), JWT_ALGORITHMS="HS256"),
             cwd=self.proxy_files.prefix,
             capture_output=True,
             text=True,
@@ -87,13 +95,33 @@ async def delete_exchange(amqp_url: str, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def database(postgres_url: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for the module's one stack (started once: ~10 s)."""
-    name, url = asyncio.run(create_database(postgres_url, prefix="ops"))
+def secrets_dir(
+    postgres_url: str, amqp_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """deploy/make-secrets.sh's files, pointed at the test servers, with the database roles
+    made by 10-roles.sh in a fresh database (the stack starts once: ~10 s)."""
+    directory = tmp_path_factory.mktemp("secrets")
+    written = make_secrets(directory)
+    name, _ = asyncio.run(create_database(postgres_url, prefix="ops"))
+    suffix = uuid.uuid4().hex[:10]
+    roles = {
+        "migrate_database_url": f"owner_{suffix}",
+        "notifications_database_url": f"app_{suffix}",
+    }
     try:
-        yield url
+        for secret, role in roles.items():
+            write_secret(
+                directory, secret, on_test_server(written[secret], role, postgres_url, name)
+            )
+        # The shared broker's users are not ours to make: both services use its URL here.
+        for secret in ("edge_amqp_url", "notifications_amqp_url"):
+            write_secret(directory, secret, amqp_url)
+        applied = apply_postgres_roles(postgres_url, name, directory)
+        assert applied.returncode == 0, applied.stderr
+        yield directory
     finally:
         asyncio.run(drop_database(postgres_url, name))
+        asyncio.run(drop_roles(postgres_url, *roles.values()))
 
 
 @pytest.fixture(scope="module")
@@ -108,27 +136,40 @@ def exchange(amqp_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def stack(
-    amqp_url: str, exchange: str, database: str, tmp_path_factory: pytest.TempPathFactory
+    exchange: str, secrets_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     nginx = require_tool("nginx")
     tmp_path = tmp_path_factory.mktemp("stack")
-    secret = secrets.token_hex(32)
+
+    def file(secret: str) -> str:
+        return str(secrets_dir / secret)
+
     # What compose.yaml's x-service-env and the services' own entries give the containers.
+    logging = {"LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
     env = clean_env(
-        AMQP_URL=amqp_url,
         REALTIME_EXCHANGE=exchange,
-        JWT_SECRET=secret,
+        JWT_SECRET_FILE=file("jwt_secret"),
+        JWT_PREVIOUS_SECRETS_FILE=file("jwt_previous_secrets"),
         JWT_ALGORITHMS="HS256",
-        LOG_FORMAT="json",
-        LOG_LEVEL="INFO",
         FORWARDED_ALLOW_IPS="*",
+        **logging,
     )
-    api_env = {**env, "DATABASE_URL": database}
-    edge_env = {**env, "EDGE_DEMO": "true", "EDGE_NOTIFICATIONS_URL": ""}
+    api_env = {
+        **env,
+        "AMQP_URL_FILE": file("notifications_amqp_url"),
+        "DATABASE_URL_FILE": file("notifications_database_url"),
+    }
+    # As an operator who turns the demo page on (EDGE_DEMO=true in .env).
+    edge_env = {
+        **env,
+        "AMQP_URL_FILE": file("edge_amqp_url"),
+        "EDGE_DEMO": "true",
+        "EDGE_NOTIFICATIONS_URL": "",
+    }
     migrate_log = tmp_path / "migrate.log"
     migrated = subprocess.run(
         [str(BIN / "notifications-service"), "migrate"],
-        env=api_env,
+        env=clean_env(DATABASE_URL_FILE=file("migrate_database_url"), **logging),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -171,7 +212,7 @@ def stack(
         text = replace_once(text, "http {\n", "http {\n" + groups)
         files.conf.write_text(text)
         stack.enter_context(running_nginx(nginx, files, proxy_port))
-        yield Stack(proxy_port, secret, logs, files, edges, replicas, processes)
+        yield Stack(proxy_port, secrets_dir, logs, files, edges, replicas, processes)
 
 
 async def frames(ws: ClientConnection, count: int) -> list[dict[str, object]]:

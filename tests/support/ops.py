@@ -71,6 +71,7 @@ def apply_postgres_roles(
     server_url: str, database: str, secrets: Path
 ) -> subprocess.CompletedProcess[str]:
     """deploy/postgres/10-roles.sh as the postgres image runs it, over TCP, not its socket."""
+    require_tool("psql")  # what the script runs
     server = urlsplit(server_url)
     return subprocess.run(
         ["bash", str(POSTGRES_ROLES)],
