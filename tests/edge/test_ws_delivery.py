@@ -15,6 +15,9 @@ pytestmark = pytest.mark.integration
 
 MakeToken = Callable[..., str]
 
+REPLY_BINDINGS = 1
+"""`@<node>.*`: every edge process holds it for its connections' replies."""
+
 
 class Publisher:
     def __init__(self, exchange: aio_pika.abc.AbstractExchange) -> None:
@@ -123,7 +126,8 @@ async def test_every_tab_of_a_user_gets_the_message_and_one_leaving_keeps_the_re
 ) -> None:
     token = make_token("alice")
     tabs = [await connect(edge, token) for _ in range(3)]
-    assert await edge.metric("edge_bindings") == 2  # one user key + one stream key, shared
+    # one user key + one stream key, shared; and the process's one binding for replies
+    assert await edge.metric("edge_bindings") == 2 + REPLY_BINDINGS
     await publisher.send(user_key("notifications", "alice"), "all.tabs")
     for ws in tabs:
         assert (await recv_frame(ws))["event"] == "all.tabs"
@@ -138,10 +142,10 @@ async def test_bindings_are_removed_after_the_last_holder_leaves(
     edge: EdgeProcess, make_token: MakeToken
 ) -> None:
     ws = await connect(edge, make_token("alice"), streams="chat")
-    assert await edge.metric("edge_bindings") == 2
+    assert await edge.metric("edge_bindings") == 2 + REPLY_BINDINGS
     await ws.close()
     deadline = asyncio.get_running_loop().time() + 5
-    while await edge.metric("edge_bindings") != 0:
+    while await edge.metric("edge_bindings") != REPLY_BINDINGS:
         assert asyncio.get_running_loop().time() < deadline, "bindings were not released"
         await asyncio.sleep(0.05)
 

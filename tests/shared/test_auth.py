@@ -387,3 +387,12 @@ def test_random_keys_are_accepted(make_key: object) -> None:
 def test_a_short_key_is_still_refused_for_its_length_first() -> None:
     with pytest.raises(KeyConfigError, match="at least 32 bytes"):
         TokenVerifier.from_settings(configured(jwt_secret="kkkk"))
+
+
+def test_the_publish_claim_limits_publishing_and_must_be_a_list_of_streams() -> None:
+    verifier = TokenVerifier(algorithms=["HS256"], secret=SECRET)
+    limited = verifier.verify(issue_token("alice", SECRET, extra={"publish": [" Chat "]}))
+    assert limited.may_publish("chat") and not limited.may_publish("ssh")
+    assert verifier.verify(issue_token("alice", SECRET)).may_publish("ssh")  # no claim: any
+    with pytest.raises(TokenInvalid, match="'publish' must be a list of strings"):
+        verifier.verify(issue_token("alice", SECRET, extra={"publish": "chat"}))

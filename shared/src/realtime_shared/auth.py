@@ -82,6 +82,7 @@ class Claims:
     exp: int
     permissions: frozenset[str] = frozenset()
     streams: frozenset[str] | None = None
+    publish: frozenset[str] | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     def has(self, permission: str) -> bool:
@@ -90,6 +91,10 @@ class Claims:
     def may_hold(self, stream: str) -> bool:
         """Per-stream authorization: a `streams` claim limits what may be subscribed."""
         return self.streams is None or stream in self.streams
+
+    def may_publish(self, stream: str) -> bool:
+        """A `publish` claim limits the (interactive, held) streams a client may send on."""
+        return self.publish is None or stream in self.publish
 
 
 class TokenVerifier:
@@ -324,6 +329,15 @@ def pem_blocks(text: str) -> list[str]:
 _PEM_BLOCK = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.+?-----END [A-Z0-9 ]+-----", re.DOTALL)
 
 
+def _stream_claim(payload: dict[str, Any], name: str) -> frozenset[str] | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise TokenInvalid(f"{name!r} must be a list of strings")
+    return frozenset(s.strip().lower() for s in value)
+
+
 def _claims(payload: dict[str, Any]) -> Claims:
     sub = payload.get("sub")
     if not isinstance(sub, str) or not sub:
@@ -336,16 +350,12 @@ def _claims(payload: dict[str, Any]) -> Claims:
     perms = payload.get("permissions", [])
     if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
         raise TokenInvalid("'permissions' must be a list of strings")
-    streams = payload.get("streams")
-    if streams is not None and (
-        not isinstance(streams, list) or not all(isinstance(s, str) for s in streams)
-    ):
-        raise TokenInvalid("'streams' must be a list of strings")
     return Claims(
         sub=sub,
         exp=int(exp),
         permissions=frozenset(perms),
-        streams=None if streams is None else frozenset(s.strip().lower() for s in streams),
+        streams=_stream_claim(payload, "streams"),
+        publish=_stream_claim(payload, "publish"),
         raw=MappingProxyType(payload),  # shared by every request that remembers the token
     )
 

@@ -16,17 +16,18 @@ DEFAULT_STREAM = "notifications"
 @dataclass(frozen=True, slots=True)
 class Stream:
     name: str
-    implemented: bool
+    interactive: bool
+    """Clients may publish on it too (to a backend, through the inbound exchange)."""
     description: str
 
 
 CATALOG: dict[str, Stream] = {
     s.name: s
     for s in (
-        Stream("notifications", True, "per-user notification events"),
-        Stream("chat", False, "reserved: valid to subscribe to, no producer yet"),
-        Stream("ssh", False, "reserved: valid to subscribe to, no producer yet"),
-        Stream("rdp", False, "reserved: valid to subscribe to, no producer yet"),
+        Stream("notifications", False, "per-user notification events (server to client)"),
+        Stream("chat", True, "messages between users; clients send, a chat backend answers"),
+        Stream("ssh", True, "terminal sessions: keystrokes in, output back to one connection"),
+        Stream("rdp", True, "remote desktop sessions: input in, screen updates back"),
     )
 }
 
@@ -39,3 +40,9 @@ def is_valid_stream_id(stream: str) -> bool:
 def is_subscribable(stream: str) -> bool:
     """True for catalog streams; `system` and unknown ids are not."""
     return stream in CATALOG
+
+
+def is_interactive(stream: str) -> bool:
+    """True for catalog streams clients may publish on."""
+    entry = CATALOG.get(stream)
+    return entry is not None and entry.interactive

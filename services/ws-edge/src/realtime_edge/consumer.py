@@ -31,6 +31,7 @@ import aiormq
 from aiormq.abc import AbstractChannel, ChannelFrame, DeliveredMessage
 from pamqp import commands as spec
 
+from realtime_edge.inbound import Inbound
 from realtime_edge.metrics import EdgeMetrics
 from realtime_edge.recovery import HistoryClient
 from realtime_shared.amqp import with_heartbeat
@@ -234,6 +235,7 @@ class BrokerLink:
         node_id: str | None = None,
         queue_max_bytes: int = 0,
         history: HistoryClient | None = None,
+        inbound: Inbound | None = None,
     ) -> None:
         self.url = url
         self.exchange = exchange
@@ -248,6 +250,7 @@ class BrokerLink:
         self._consuming = asyncio.Event()
         self._sessions = 0
         self._history = history
+        self._inbound = inbound
         self._queue_arguments: dict[str, Any] = {}
         if queue_max_bytes > 0:
             # A lagging edge sheds its oldest messages instead of pushing RabbitMQ into the
@@ -320,6 +323,10 @@ class BrokerLink:
                 lambda _frame: None if cancelled.done() else cancelled.set_result(None)
             )
             await channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
+            if self._inbound is not None:
+                await channel.exchange_declare(
+                    self._inbound.exchange, exchange_type="topic", durable=True
+                )
             self._sessions += 1
             declared = await channel.queue_declare(
                 f"ws-edge.{self.node_id}.{self._sessions}",
@@ -340,9 +347,13 @@ class BrokerLink:
                 raise ConnectionError("binding worker stopped")
             self.inline_delivery = _deliver_inline(channel, self._on_message)
             await channel.basic_consume(queue, self._deliver, no_ack=True)
+            # A channel of its own for what the edge publishes (history requests, client
+            # messages): publisher confirms and returns, and direct reply-to answers.
+            requests = await connection.channel(publisher_confirms=True)
             if self._history is not None:
-                # Its own channel: confirms and returns for requests, direct reply-to answers.
-                await self._history.attach(await connection.channel(publisher_confirms=True))
+                await self._history.attach(requests)
+            if self._inbound is not None:
+                self._inbound.attach(requests)
             self._consuming.set()
             self._metrics.broker_up.set(1)
             if resumed:
@@ -363,6 +374,8 @@ class BrokerLink:
         finally:
             if self._history is not None:
                 self._history.detach()
+            if self._inbound is not None:
+                self._inbound.detach()
             if worker is not None:
                 worker.cancel()
                 await asyncio.wait([worker])

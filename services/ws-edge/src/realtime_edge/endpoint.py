@@ -30,6 +30,8 @@ from realtime_edge.protocol import (
     Ping,
     Position,
     ProtocolError,
+    Publish,
+    PublishRefused,
     Refresh,
     Session,
     Subscribe,
@@ -120,7 +122,7 @@ class WebSocketEndpoint:
         settings = node.settings
         # the raw payload is not needed after verification; idle connections stay smaller
         claims = dataclasses.replace(admission.claims, raw={})
-        session = Session(claims, settings.edge_max_streams_per_connection)
+        session = Session(claims, settings.edge_max_streams_per_connection, node.publish_limits)
         session.commit(session.plan(admission.streams))
         conn = Connection(
             uuid.uuid4().hex,
@@ -186,9 +188,14 @@ class WebSocketEndpoint:
                     node.send(conn, conn.session.unsubscribed_frame())
                 elif isinstance(command, Ping):
                     node.send(conn, PONG_FRAME)
+                elif isinstance(command, Publish):
+                    conn.session.admit_publish(command)
+                    node.publish(conn, command)
                 elif isinstance(command, Refresh):
                     self._refresh(conn, command)
             except ProtocolError as exc:
+                if isinstance(exc, PublishRefused):
+                    node.metrics.client_refused.labels(exc.code).inc()
                 log.info("bad client frame: %s", exc.message, extra={"connection_id": conn.id})
                 node.send(conn, exc.frame)
 

@@ -92,6 +92,8 @@ class Hub:
         self._metrics.consumed.inc()
         members = self._routes.get(routing_key)
         if not members:
+            if routing_key.startswith("@"):
+                self._reply(routing_key, body)
             return
         parsed = self._frame(routing_key, body)
         if parsed is None:
@@ -113,6 +115,26 @@ class Hub:
             for conn in slow:
                 self.drop_slow(conn)
 
+    def _reply(self, routing_key: str, body: bytes) -> None:
+        """A backend's answer to one connection (`@<node>.<connection>`): delivered only
+        while that connection holds the envelope's own stream, else dropped."""
+        conn = self.connections.get(routing_key.partition(".")[2])
+        if conn is None:
+            self._metrics.replies.labels("gone").inc()
+            return
+        parsed = self._envelope(routing_key, body)
+        if parsed is None:
+            return
+        stream = parsed.get("stream")
+        if not isinstance(stream, str) or not conn.session.holds(stream):
+            self._metrics.replies.labels("not_held").inc()
+            return
+        parsed.pop("stream")
+        if conn.deliver(orjson.dumps({"stream": stream, **parsed}).decode()):
+            self._metrics.replies.labels("delivered").inc()
+        elif not conn.closing:
+            self.drop_slow(conn)
+
     def drop_slow(self, conn: Connection) -> None:
         log.warning(
             "closing a slow consumer: its send queue is full",
@@ -125,6 +147,16 @@ class Hub:
     def _frame(self, routing_key: str, body: bytes) -> tuple[str, str, Position | None] | None:
         """(stream, frame, position): the body as a frame with `stream` from the key and
         its (epoch, seq) if it has one; None when dropped (and counted)."""
+        obj = self._envelope(routing_key, body)
+        if obj is None:
+            return None
+        obj.pop("stream", None)
+        stream = routing_key.partition(".")[0]
+        frame = orjson.dumps({"stream": stream, **obj}).decode()
+        return stream, frame, position_of(obj)
+
+    def _envelope(self, routing_key: str, body: bytes) -> dict[str, Any] | None:
+        """The body parsed as an envelope, or None (dropped, logged and counted)."""
         if len(body) > self._max_message_bytes:
             # Every recipient would buffer its own copy of it.
             self._metrics.oversized.inc()
@@ -143,10 +175,7 @@ class Hub:
             self._metrics.dropped.inc()
             log.warning("dropping a message on %r that is not a JSON envelope", routing_key)
             return None
-        obj.pop("stream", None)
-        stream = routing_key.partition(".")[0]
-        frame = orjson.dumps({"stream": stream, **obj}).decode()
-        return stream, frame, position_of(obj)
+        return obj
 
     # -- admin --------------------------------------------------------------------------
 

@@ -82,6 +82,30 @@ class EdgeMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=r,
         )
+        self.client_published = Counter(
+            "edge_client_messages_published",
+            "Client messages RabbitMQ confirmed, by stream",
+            ["stream"],
+            registry=r,
+        )
+        self.client_refused = Counter(
+            "edge_client_messages_refused",
+            "Client messages refused, by error code",
+            ["code"],
+            registry=r,
+        )
+        self.publish_confirm_seconds = Histogram(
+            "edge_client_publish_confirm_seconds",
+            "From publishing a client message to RabbitMQ's confirm",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+            registry=r,
+        )
+        self.replies = Counter(
+            "edge_replies",
+            "Replies to one connection (@ keys), by outcome",
+            ["outcome"],
+            registry=r,
+        )
         self.broker_up = Gauge("edge_broker_up", "1 while consuming from RabbitMQ", registry=r)
 
     def render(self) -> bytes:

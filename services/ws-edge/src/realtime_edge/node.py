@@ -16,8 +16,10 @@ from realtime_edge.connection import Connection
 from realtime_edge.consumer import Bindings, BrokerLink
 from realtime_edge.handshake import Handshake
 from realtime_edge.hub import Hub, keys_for
+from realtime_edge.inbound import Inbound, InboundRefused, replies_binding, reply_key
 from realtime_edge.metrics import EdgeMetrics
 from realtime_edge.origin import OriginPolicy
+from realtime_edge.protocol import Publish, PublishLimits, error_frame
 from realtime_edge.recovery import HistoryClient
 from realtime_edge.settings import EdgeSettings
 from realtime_shared.auth import TokenVerifier
@@ -32,6 +34,9 @@ class Node:
         self.metrics = EdgeMetrics()
         self.hub = Hub(self.metrics, settings.edge_max_message_bytes)
         self.bindings = Bindings(settings.edge_unbind_delay, self.metrics)
+        self.inbound = Inbound(settings.realtime_inbound_exchange, self.metrics)
+        self.publish_limits = PublishLimits(settings.edge_publish_rate, settings.edge_publish_burst)
+        self._publishing: set[asyncio.Task[None]] = set()
         self.history = HistoryClient(
             settings.realtime_exchange,
             limit=settings.edge_recovery_max,
@@ -46,6 +51,7 @@ class Node:
             metrics=self.metrics,
             queue_max_bytes=settings.edge_queue_max_bytes,
             history=self.history,
+            inbound=self.inbound,
         )
         self.handshake = Handshake(
             OriginPolicy(settings.edge_allowed_origins),
@@ -62,7 +68,12 @@ class Node:
     def ready(self) -> bool:
         return self.link.ready and not self.draining
 
+    def reply_key(self, conn: Connection) -> str:
+        return reply_key(self.link.node_id, conn.id)
+
     async def start(self) -> None:
+        # Held for the process's life: every reply to one of its connections comes by it.
+        self.bindings.acquire(replies_binding(self.link.node_id))
         if await self.link.start():
             log.info("consuming from RabbitMQ as %r", self.link.connection_name)
         else:
@@ -116,6 +127,35 @@ class Node:
         self.metrics.closed.labels(metric_label(code)).inc()
         if not self._open:
             self._idle.set()
+
+    def publish(self, conn: Connection, command: Publish) -> None:
+        """Publish a client message that passed the checks; reply when RabbitMQ answered."""
+        task = asyncio.create_task(self._publish(conn, command))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish(self, conn: Connection, command: Publish) -> None:
+        meta: dict[str, object] = {
+            "user_id": conn.user_id,  # from the token, whatever the frame said
+            "connection_id": conn.id,
+            "reply_to": self.reply_key(conn),
+        }
+        if command.session_id is not None:
+            meta["session_id"] = command.session_id
+        try:
+            message_id = await self.inbound.publish(
+                keys_for(command.stream, conn.user_id)[0],
+                command.stream,
+                command.event,
+                command.data,
+                meta,
+            )
+        except InboundRefused as exc:
+            self.metrics.client_refused.labels(exc.code).inc()
+            self.send(conn, error_frame(exc.code, exc.message, command.id))
+            return
+        self.metrics.client_published.labels(command.stream).inc()
+        self.send(conn, conn.session.published_frame(command.id, message_id))
 
     def cannot_abort(self) -> None:
         """A stalled client's socket cannot be dropped: the server offers no abort."""

@@ -8,6 +8,7 @@ Replies are JSON text frames on the reserved ``system`` stream.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ import orjson
 
 from realtime_edge.handshake import normalise_streams
 from realtime_shared.auth import AuthError, Claims
-from realtime_shared.streams import SYSTEM_STREAM, is_subscribable
+from realtime_shared.streams import SYSTEM_STREAM, is_interactive, is_subscribable
 
 # Event names the edge sends on the system stream.
 CONNECTED = "connected"
@@ -28,6 +29,8 @@ TOKEN_EXPIRED = "token.expired"
 RESYNC = "resync"
 ERROR = "error"
 
+PUBLISHED = "published"
+
 # Error codes in `error` frames and `rejected` entries.
 INVALID_JSON = "INVALID_JSON"
 INVALID_FRAME = "INVALID_FRAME"
@@ -37,6 +40,12 @@ UNAUTHORIZED = "UNAUTHORIZED"
 NOT_FOUND = "NOT_FOUND"
 FORBIDDEN = "FORBIDDEN"
 TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
+RATE_LIMITED = "RATE_LIMITED"
+
+MAX_EVENT_CHARS = 128
+MAX_ID_CHARS = 64
+MAX_SESSION_ID_CHARS = 128
+"""A publish frame's `session_id` names a remote session (a terminal): an id, not data."""
 
 
 def system_frame(event: str, data: dict[str, Any] | None = None) -> str:
@@ -46,8 +55,11 @@ def system_frame(event: str, data: dict[str, Any] | None = None) -> str:
     return orjson.dumps(body).decode()
 
 
-def error_frame(code: str, message: str) -> str:
-    return system_frame(ERROR, {"code": code, "message": message})
+def error_frame(code: str, message: str, frame_id: str | None = None) -> str:
+    data = {"code": code, "message": message}
+    if frame_id is not None:
+        data["id"] = frame_id
+    return system_frame(ERROR, data)
 
 
 PONG_FRAME = system_frame(PONG)
@@ -58,20 +70,26 @@ BINARY_ERROR_FRAME = error_frame(UNSUPPORTED_FRAME, "binary frames are not suppo
 class ProtocolError(Exception):
     """A client frame the edge cannot act on; answered with an error frame, never a close."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, frame_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.frame_id = frame_id
+        """The client's `id` of a `publish` frame, echoed so it can match the error."""
 
     @property
     def frame(self) -> str:
-        return error_frame(self.code, self.message)
+        return error_frame(self.code, self.message, self.frame_id)
 
 
 Position = tuple[str, int]
 """(epoch, seq): where a client's copy of a stream ends."""
 
 MAX_EPOCH_CHARS = 64
+
+
+class PublishRefused(ProtocolError):
+    """A `publish` frame refused before anything was sent (counted by code)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +109,22 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
+class Publish:
+    """A client message for the backend of an interactive stream."""
+
+    stream: str
+    event: str
+    data: dict[str, Any]
+    id: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Refresh:
     token: str
 
 
-Command = Subscribe | Unsubscribe | Ping | Refresh
+Command = Subscribe | Unsubscribe | Ping | Refresh | Publish
 
 
 def _stream_list(obj: dict[str, Any]) -> list[str]:
@@ -125,6 +154,31 @@ def _positions(value: object) -> dict[str, Position]:
     return positions
 
 
+def _publish(obj: dict[str, Any]) -> Publish:
+    raw_id = obj.get("id")
+    frame_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= MAX_ID_CHARS else None
+
+    def invalid(message: str) -> ProtocolError:
+        return PublishRefused(INVALID_FRAME, message, frame_id)
+
+    if raw_id is not None and frame_id is None:
+        raise invalid(f"'id' must be a string of at most {MAX_ID_CHARS} characters")
+    stream, event = obj.get("stream"), obj.get("event")
+    data = {} if obj.get("data") is None else obj["data"]
+    session_id = obj.get("session_id")
+    if not isinstance(stream, str) or not stream.strip():
+        raise invalid("'stream' must be a stream name")
+    if not isinstance(event, str) or not 0 < len(event) <= MAX_EVENT_CHARS:
+        raise invalid(f"'event' must be a string of 1-{MAX_EVENT_CHARS} characters")
+    if not isinstance(data, dict):
+        raise invalid("'data' must be an object")
+    if session_id is not None and (
+        not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_SESSION_ID_CHARS
+    ):
+        raise invalid(f"'session_id' must be a string of 1-{MAX_SESSION_ID_CHARS} characters")
+    return Publish(stream.strip().lower(), event, data, frame_id, session_id)
+
+
 def parse_command(text: str) -> Command:
     """One client text frame to a command, or ProtocolError saying what is wrong with it."""
     try:
@@ -144,6 +198,8 @@ def parse_command(text: str) -> Command:
         return Unsubscribe(_stream_list(obj))
     if action == "ping":
         return Ping()
+    if action == "publish":
+        return _publish(obj)
     if action == "refresh":
         token = obj.get("token")
         if not isinstance(token, str) or not token:
@@ -160,15 +216,51 @@ class SubscribePlan:
     rejected: list[dict[str, str]] = field(default_factory=list)
 
 
+class TokenBucket:
+    """`burst` tokens, full at first, refilled at `rate` per second; one per message."""
+
+    __slots__ = ("_burst", "_clock", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class PublishLimits:
+    rate: float
+    burst: int
+    clock: Callable[[], float] = time.monotonic
+
+
+DEFAULT_PUBLISH_LIMITS = PublishLimits(rate=20.0, burst=40)
+
+
 class Session:
     """One connection's identity, token deadline and held streams (in subscription order)."""
 
-    __slots__ = ("_held", "claims", "max_streams")
+    __slots__ = ("_bucket", "_held", "claims", "limits", "max_streams")
 
-    def __init__(self, claims: Claims, max_streams: int) -> None:
+    def __init__(
+        self, claims: Claims, max_streams: int, limits: PublishLimits | None = None
+    ) -> None:
         self.claims = claims
         self.max_streams = max_streams
+        self.limits = limits or DEFAULT_PUBLISH_LIMITS
         self._held: dict[str, None] = {}
+        self._bucket: TokenBucket | None = None  # made at the first publish: most never do
 
     @property
     def user_id(self) -> str:
@@ -223,6 +315,33 @@ class Session:
         for stream in dropped:
             del self._held[stream]
         return dropped
+
+    def admit_publish(self, command: Publish) -> None:
+        """Every check of a client message, in order; ProtocolError (with its `id`) if refused.
+
+        A refused frame takes no token from the bucket."""
+        stream, frame_id = command.stream, command.id
+        if not is_interactive(stream):
+            raise PublishRefused(
+                FORBIDDEN, f"{stream[:64]!r} is not an interactive stream", frame_id
+            )
+        if stream not in self._held:
+            raise PublishRefused(FORBIDDEN, f"subscribe to {stream!r} before publishing", frame_id)
+        if not self.claims.may_publish(stream):
+            raise PublishRefused(
+                FORBIDDEN, f"the token does not allow publishing on {stream!r}", frame_id
+            )
+        if self._bucket is None:
+            limits = self.limits
+            self._bucket = TokenBucket(limits.rate, limits.burst, limits.clock)
+        if not self._bucket.take():
+            raise PublishRefused(RATE_LIMITED, "too many messages; slow down", frame_id)
+
+    def published_frame(self, frame_id: str | None, message_id: str) -> str:
+        data: dict[str, Any] = {"message_id": message_id}
+        if frame_id is not None:
+            data["id"] = frame_id
+        return system_frame(PUBLISHED, data)
 
     def unsubscribed_frame(self) -> str:
         return system_frame(UNSUBSCRIBED, {"streams": self.streams})

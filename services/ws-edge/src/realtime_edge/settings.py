@@ -34,6 +34,16 @@ which is cheaper than replaying that much through one socket."""
 DEFAULT_RECOVERY_TIMEOUT = 3.0
 """Seconds a history owner has to answer; a client waiting longer would rather refetch."""
 
+DEFAULT_INBOUND_EXCHANGE = "realtime.inbound"
+
+DEFAULT_PUBLISH_RATE = 20.0
+"""Client messages per second per connection, sustained: faster than anyone types, and
+enough for a terminal's keystrokes; a script flooding a backend is held back."""
+
+DEFAULT_PUBLISH_BURST = 40
+"""Client messages a connection may send at once (a paste into a terminal, a reconnect
+flushing queued chat lines) before the rate applies."""
+
 DEFAULT_UNBIND_DELAY = 5.0
 """A reload or a reconnect within this window keeps the broker binding instead of churning it."""
 
@@ -62,6 +72,9 @@ class EdgeSettings(RealtimeSettings):
     edge_queue_max_bytes: int = Field(default=DEFAULT_QUEUE_MAX_BYTES, ge=0)
     edge_recovery_max: int = Field(default=DEFAULT_RECOVERY_MAX, ge=1, le=100_000)
     edge_recovery_timeout: float = Field(default=DEFAULT_RECOVERY_TIMEOUT, gt=0)
+    realtime_inbound_exchange: str = DEFAULT_INBOUND_EXCHANGE
+    edge_publish_rate: float = Field(default=DEFAULT_PUBLISH_RATE, gt=0)
+    edge_publish_burst: int = Field(default=DEFAULT_PUBLISH_BURST, ge=1)
     edge_unbind_delay: float = Field(default=DEFAULT_UNBIND_DELAY, ge=0)
     edge_max_connections_per_user: int = Field(default=DEFAULT_MAX_CONNECTIONS_PER_USER, ge=1)
     edge_max_streams_per_connection: int = Field(default=DEFAULT_MAX_STREAMS_PER_CONNECTION, ge=1)
