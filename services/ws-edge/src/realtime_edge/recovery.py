@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 from aiormq.abc import AbstractChannel, DeliveredMessage
-from aiormq.exceptions import PublishError
+from aiormq.exceptions import AMQPError, PublishError
 from pamqp import commands as spec
 
 from realtime_edge.metrics import EdgeMetrics
@@ -129,6 +129,8 @@ class HistoryClient:
                     )
                 except PublishError:
                     raise RecoveryFailed("no_owner", f"no history queue for {stream!r}") from None
+                except (AMQPError, ConnectionError, RuntimeError) as exc:
+                    raise RecoveryFailed("unavailable", repr(exc)) from None
                 return await reply
         except TimeoutError:
             raise RecoveryFailed("timeout", f"no answer within {timeout:g} s") from None
