@@ -6,6 +6,8 @@ import pytest
 from realtime_edge.protocol import (
     Ping,
     ProtocolError,
+    Publish,
+    PublishLimits,
     Refresh,
     Session,
     Subscribe,
@@ -209,3 +211,66 @@ def test_refresh_with_an_invalid_token_changes_nothing() -> None:
         session.refresh("t", verify)
     assert info.value.code == "UNAUTHORIZED"
     assert session.exp == 100
+
+
+def test_a_publish_frame_parses_with_its_optional_parts() -> None:
+    text = '{"action":"publish","stream":" Chat ","event":"m","id":"c-1","session_id":"t2"}'
+    assert parse_command(text) == Publish("chat", "m", {}, "c-1", "t2")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def publishing_session(clock: Clock, streams: list[str], **claim: list[str]) -> Session:
+    limits = PublishLimits(rate=2.0, burst=3, clock=clock)
+    session = Session(
+        Claims(sub="alice", exp=2**31, publish=frozenset(claim.get("publish", [])) or None),
+        max_streams=8,
+        limits=limits,
+    )
+    session.commit(session.plan(streams))
+    return session
+
+
+def test_the_bucket_allows_a_burst_then_the_rate_and_refusals_take_no_token() -> None:
+    clock = Clock()
+    session = publishing_session(clock, ["chat"])
+    send = Publish("chat", "m", {}, "c")
+    for _ in range(3):
+        session.admit_publish(send)
+    with pytest.raises(ProtocolError) as limited:
+        session.admit_publish(send)
+    assert (limited.value.code, limited.value.frame_id) == ("RATE_LIMITED", "c")
+    with pytest.raises(ProtocolError):  # refused (not held): takes nothing
+        session.admit_publish(Publish("ssh", "m", {}, "c"))
+    clock.now = 0.5  # one token back at 2 per second
+    session.admit_publish(send)
+    with pytest.raises(ProtocolError):
+        session.admit_publish(send)
+    clock.now = 100.0  # never more than the burst
+    for _ in range(3):
+        session.admit_publish(send)
+    with pytest.raises(ProtocolError):
+        session.admit_publish(send)
+
+
+@pytest.mark.parametrize(
+    ("stream", "claim", "held"),
+    [
+        ("notifications", None, ["notifications"]),  # not interactive
+        ("chat", None, ["notifications"]),  # not held
+        ("chat", ["ssh"], ["chat"]),  # not in the publish claim
+    ],
+)
+def test_publishing_needs_an_interactive_held_stream_the_token_allows(
+    stream: str, claim: list[str] | None, held: list[str]
+) -> None:
+    session = publishing_session(Clock(), held, **({"publish": claim} if claim else {}))
+    with pytest.raises(ProtocolError) as refused:
+        session.admit_publish(Publish(stream, "m", {}, "c-7"))
+    assert (refused.value.code, refused.value.frame_id) == ("FORBIDDEN", "c-7")
