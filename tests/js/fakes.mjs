@@ -84,9 +84,9 @@ export class FakeWebSocket {
   }
 
   // What the edge does:
-  accept(streams = (this.url.searchParams.get("streams") ?? "notifications").split(",")) {
+  accept(streams = (this.url.searchParams.get("streams") ?? "notifications").split(","), user = "alice") {
     this.readyState = 1;
-    this.deliver({ stream: "system", event: "connected", data: { connection_id: "c1", user_id: "alice", streams } });
+    this.deliver({ stream: "system", event: "connected", data: { connection_id: "c1", user_id: user, streams } });
   }
 
   deliver(frame) {
@@ -96,6 +96,31 @@ export class FakeWebSocket {
   drop(code = 1006, reason = "") {
     this.readyState = 3;
     this.onclose?.({ code, reason });
+  }
+}
+
+/** sessionStorage's interface over a Map; `broken` makes every call throw, as refused storage does. */
+export class FakeStorage {
+  items = new Map();
+  broken = false;
+
+  getItem(key) {
+    this.#check();
+    return this.items.has(key) ? this.items.get(key) : null;
+  }
+
+  setItem(key, value) {
+    this.#check();
+    this.items.set(key, String(value));
+  }
+
+  removeItem(key) {
+    this.#check();
+    this.items.delete(key);
+  }
+
+  #check() {
+    if (this.broken) throw new DOMException("storage refused", "SecurityError");
   }
 }
 

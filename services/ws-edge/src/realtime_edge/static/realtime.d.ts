@@ -6,8 +6,17 @@ export interface RealtimeMessage<T = Record<string, unknown>, M = Record<string,
   event: string;
   /** Omitted by the edge when empty. */
   data?: T;
-  /** Omitted by the edge when empty; notification events carry `event_id` and `occurred_at`. */
+  /**
+   * Omitted by the edge when empty; notification events carry `event_id` and `occurred_at`.
+   * Recoverable streams' per-user messages also carry `seq` and `epoch` (see `Position`).
+   */
   meta?: M;
+}
+
+/** Where a stream's copy ends: the last message's `meta.epoch` and `meta.seq`. */
+export interface Position {
+  epoch: string;
+  seq: number;
 }
 
 export type ConnectionState = "connecting" | "open" | "closed";
@@ -21,9 +30,36 @@ export interface StateDetail {
   attempt?: number;
 }
 
+/** Why the client recovered, or why the app must refetch. */
+export type SyncReason =
+  /** The first connection (of this client, or of a new user on it): nothing to recover from. */
+  | "connect"
+  /** The first connection, recovering from the positions a previous page kept (`resume`). */
+  | "resume"
+  /** After a dropped connection. */
+  | "reconnect"
+  /** The edge sent `resync`: it lost RabbitMQ for a while. */
+  | "event"
+  /** A live `seq` skipped a number. */
+  | "gap";
+
 export interface ResyncInfo {
-  /** "connect": first connection; "reconnect": after a drop; "event": the edge asked. */
-  reason: "connect" | "reconnect" | "event";
+  /**
+   * Why the streams cannot be recovered: what triggered the failed or impossible recovery
+   * ("resume" shows as "connect"), or "epoch": the producer's numbering restarted.
+   */
+  reason: Exclude<SyncReason, "resume"> | "epoch";
+  /** The streams to refetch. */
+  streams: string[];
+}
+
+export interface RecoveryInfo {
+  stream: string;
+  /** False: nothing historical was sent (history gone, epoch changed, owner down...); `onResync` follows. */
+  recovered: boolean;
+  /** Messages of `stream` this recovery dispatched (missed ones, and live ones held meanwhile). */
+  replayed: number;
+  reason: Exclude<SyncReason, "connect">;
 }
 
 export interface TokenContext {
@@ -42,6 +78,16 @@ export interface RealtimeOptions {
   token: TokenProvider;
   /** Streams to hold from the first connect on (["notifications"]). */
   streams?: string[];
+  /**
+   * Keep positions in sessionStorage (per edge and user) and, on the first connect, recover
+   * from those a previous page of this tab kept. Only for apps that also keep what they show
+   * across a reload: the others need the first connect's `onResync` (default false).
+   */
+  resume?: boolean;
+  /** Where `resume` keeps positions (sessionStorage); null keeps them in memory only. */
+  storage?: Pick<Storage, "getItem" | "setItem" | "removeItem"> | null;
+  recoveryTimeout?: number;
+  recoveryBuffer?: number;
   backoffBase?: number;
   backoffCap?: number;
   stableAfter?: number;
@@ -76,6 +122,8 @@ export declare const DEFAULTS: Readonly<Required<
     | "pongTimeout"
     | "connectTimeout"
     | "refreshMargin"
+    | "recoveryTimeout"
+    | "recoveryBuffer"
   >
 >>;
 
@@ -110,6 +158,9 @@ export declare class RealtimeClient {
     listener: (message: RealtimeMessage<T, M>) => void,
   ): () => void;
   onState(listener: (state: ConnectionState, detail: StateDetail) => void): () => void;
+  /** Refetch the listed streams: they have no position, their recovery failed, or their epoch changed. */
   onResync(listener: (info: ResyncInfo) => void): () => void;
+  /** After each recovery, once what it brought was dispatched. */
+  onRecovery(listener: (info: RecoveryInfo) => void): () => void;
   onError(listener: (error: Error & { code?: string }) => void): () => void;
 }

@@ -9,6 +9,11 @@
 // One socket carries many streams. The token provider is called before every connect, so
 // a reconnect never reuses an expired token. Reconnects use exponential backoff with full
 // jitter, so a restarted edge is not hit by every client at the same instant.
+//
+// Streams whose messages carry `meta.epoch` and `meta.seq` are recovered: the client keeps
+// the last (epoch, seq) of each, and after a reconnect, a `resync` or a skipped seq it asks
+// the edge for what it missed instead of telling the app to refetch. `onResync` fires only
+// when that is impossible or failed; `onRecovery` reports every recovery.
 
 /** Close codes the client acts on (the edge's are in docs/clients.md). */
 export const CloseCode = Object.freeze({
@@ -44,7 +49,27 @@ export const DEFAULTS = Object.freeze({
   connectTimeout: 15_000,
   /** Refresh at most this long before `exp` (sooner for short tokens: a quarter of their life). */
   refreshMargin: 30_000,
+  /**
+   * Wait this long for the edge's answer to a recovery (it gives up on the history owner after
+   * EDGE_RECOVERY_TIMEOUT, 3 s); an edge that never answers must not hold a stream back for good.
+   */
+  recoveryTimeout: 10_000,
+  /**
+   * Frames of one stream held while its recovery is in flight: the edge sends at most
+   * EDGE_RECOVERY_MAX (500) missed ones plus what was already on the way. Past this the
+   * recovery counts as failed (the app refetches) rather than memory growing.
+   */
+  recoveryBuffer: 1_000,
 });
+
+/** sessionStorage key listing the position entries (most recent first), so they stay bounded. */
+const STORAGE_INDEX = "realtime.positions";
+/** Position entries kept per tab: a few users or edges, each a handful of streams. */
+const STORAGE_ENTRIES = 8;
+/** Streams read back per entry: more than the edge lets one connection hold (16). */
+const STORAGE_STREAMS = 32;
+/** The contract's limit on `meta.epoch`. */
+const MAX_EPOCH_CHARS = 64;
 
 const SOCKET_OPEN = 1;
 const MAX_TIMER_MS = 2_147_483_647; // setTimeout fires at once beyond a signed 32-bit delay
@@ -96,6 +121,194 @@ function normalizeStreams(streams) {
   return [...new Set(list.map((s) => String(s).trim().toLowerCase()).filter(Boolean))];
 }
 
+function isPosition(epoch, seq) {
+  return (
+    typeof epoch === "string" &&
+    epoch.length > 0 &&
+    epoch.length <= MAX_EPOCH_CHARS &&
+    Number.isSafeInteger(seq) &&
+    seq >= 0
+  );
+}
+
+/** The (epoch, seq) a stream message carries, or null (broadcasts and unnumbered streams). */
+function positionOf(msg) {
+  const epoch = msg.meta?.epoch;
+  const seq = msg.meta?.seq;
+  return isPosition(epoch, seq) && seq > 0 ? { epoch, seq } : null;
+}
+
+/** Buffered frames in release order: by seq within each epoch, epochs as they first came. */
+function inSeqOrder(frames) {
+  const byEpoch = new Map();
+  for (const msg of frames) {
+    const { epoch } = positionOf(msg);
+    if (!byEpoch.has(epoch)) byEpoch.set(epoch, []);
+    byEpoch.get(epoch).push(msg);
+  }
+  return [...byEpoch.values()].flatMap((list) => list.sort((a, b) => a.meta.seq - b.meta.seq));
+}
+
+/**
+ * Where the app's copy of each stream ends, and the recoveries in flight. No I/O: the client
+ * feeds it frames and replies and acts on what it answers.
+ */
+class Positions {
+  #at = new Map(); // stream -> {epoch, seq} of the last message handed to the app
+  #inflight = new Map(); // stream -> {reason, buffer, overflow, again}
+  #rebase = new Set(); // streams whose recovery failed: their next message starts afresh
+  #limit;
+
+  constructor(limit) {
+    this.#limit = limit;
+  }
+
+  /** Plain object {stream: {epoch, seq}}, as sent in `recover` and stored. */
+  toJSON() {
+    return Object.fromEntries(this.#at);
+  }
+
+  /** Positions kept by a previous page; ignored for streams already positioned here. */
+  load(stored) {
+    for (const [stream, position] of Object.entries(stored)) {
+      if (!this.#at.has(stream)) this.#at.set(stream, position);
+    }
+  }
+
+  clear() {
+    this.#at.clear();
+    this.#inflight.clear();
+    this.#rebase.clear();
+  }
+
+  forget(stream) {
+    this.#at.delete(stream);
+    this.#inflight.delete(stream);
+    this.#rebase.delete(stream);
+  }
+
+  /** The socket is gone: replies will never come. Held frames go too; positions did not move. */
+  abandon() {
+    this.#inflight.clear();
+  }
+
+  get inflight() {
+    return [...this.#inflight.keys()];
+  }
+
+  /**
+   * What to do with a stream frame: "deliver", "duplicate" (drop it), "held" (a recovery of
+   * its stream is in flight), "gap" (held; recover from `position` now), or "epoch" (deliver;
+   * the producer's numbering restarted, so what came before cannot be recovered).
+   */
+  receive(msg) {
+    const next = positionOf(msg);
+    if (next === null) return { verdict: "deliver" };
+    const stream = msg.stream;
+    const pending = this.#inflight.get(stream);
+    if (pending) {
+      if (pending.buffer.length >= this.#limit) {
+        pending.overflow = true;
+        pending.buffer = [];
+      } else if (!pending.overflow) pending.buffer.push(msg);
+      return { verdict: "held" };
+    }
+    const last = this.#at.get(stream);
+    if (!last || this.#rebase.has(stream)) {
+      this.#rebase.delete(stream);
+      this.#at.set(stream, next);
+      return { verdict: "deliver" };
+    }
+    if (next.epoch !== last.epoch) {
+      this.#at.set(stream, next);
+      return { verdict: "epoch" };
+    }
+    if (next.seq <= last.seq) return { verdict: "duplicate" };
+    if (next.seq === last.seq + 1) {
+      this.#at.set(stream, next);
+      return { verdict: "deliver" };
+    }
+    this.#inflight.set(stream, { reason: "gap", buffer: [msg], overflow: false, again: null });
+    return { verdict: "gap", position: last };
+  }
+
+  /**
+   * Start recovering `streams`. Returns `recover` ({stream: position} to send) and
+   * `unpositioned` (nothing to recover from: the app must refetch them).
+   */
+  start(streams, reason) {
+    const recover = {};
+    const unpositioned = [];
+    for (const stream of streams) {
+      const pending = this.#inflight.get(stream);
+      if (pending) pending.again = reason; // may have missed more since it was asked: ask again after
+      else if (this.#at.has(stream) && !this.#rebase.has(stream)) {
+        this.#inflight.set(stream, { reason, buffer: [], overflow: false, again: null });
+        recover[stream] = this.#at.get(stream);
+      } else unpositioned.push(stream);
+    }
+    return { recover, unpositioned };
+  }
+
+  /**
+   * The edge answered (or the wait ran out) for `stream`. Returns null when no recovery of it
+   * was in flight, else {recovered, reason, frames (to release in order), again}.
+   */
+  answer(stream, recovered) {
+    const pending = this.#inflight.get(stream);
+    if (!pending) return null;
+    this.#inflight.delete(stream);
+    const ok = recovered && !pending.overflow;
+    if (!ok) this.#rebase.add(stream);
+    return { recovered: ok, reason: pending.reason, frames: inSeqOrder(pending.buffer), again: pending.again };
+  }
+}
+
+/** sessionStorage, or null where a browser refuses it (sandboxed frames, some privacy modes). */
+function sessionStorageOrNull() {
+  try {
+    return globalThis.sessionStorage ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** Positions a previous page of this tab kept under `key`; {} when none or unreadable. */
+function readPositions(storage, key) {
+  const found = {};
+  try {
+    const stored = JSON.parse(storage?.getItem(key) ?? "{}");
+    for (const [stream, value] of Object.entries(stored).slice(0, STORAGE_STREAMS)) {
+      if (Array.isArray(value) && isPosition(value[0], value[1])) found[stream] = { epoch: value[0], seq: value[1] };
+    }
+  } catch {
+    // unreadable: start without positions, the app refetches
+  }
+  return found;
+}
+
+/** Put `key` first in the index and drop the entries past STORAGE_ENTRIES. */
+function touchPositions(storage, key) {
+  try {
+    let index = JSON.parse(storage.getItem(STORAGE_INDEX) ?? "[]");
+    if (!Array.isArray(index)) index = [];
+    index = [key, ...index.filter((k) => k !== key && typeof k === "string")];
+    for (const old of index.splice(STORAGE_ENTRIES)) storage.removeItem(old);
+    storage.setItem(STORAGE_INDEX, JSON.stringify(index));
+  } catch {
+    // storage full or refused: positions stay in memory only
+  }
+}
+
+function writePositions(storage, key, positions) {
+  try {
+    const compact = Object.fromEntries(Object.entries(positions).map(([s, p]) => [s, [p.epoch, p.seq]]));
+    storage.setItem(key, JSON.stringify(compact));
+  } catch {
+    // storage full or refused: positions stay in memory only
+  }
+}
+
 export class RealtimeClient {
   #opts;
   #ws = null;
@@ -115,7 +328,12 @@ export class RealtimeClient {
   #listeners = new Map();
   #stateListeners = new Set();
   #resyncListeners = new Set();
+  #recoveryListeners = new Set();
   #errorListeners = new Set();
+  #positions;
+  #userId = null;
+  #storage;
+  #storageKey = null;
 
   /**
    * @param {object} options
@@ -123,6 +341,9 @@ export class RealtimeClient {
    * @param {string} [options.path] a path on the page's host ("/ws" by default)
    * @param {string | ((ctx: {forceRefresh: boolean}) => string | Promise<string>)} options.token
    * @param {string[]} [options.streams] streams to hold from the first connect on
+   * @param {boolean} [options.resume] keep positions in sessionStorage and recover from them
+   *   after a page reload (for apps that keep what they show across a reload)
+   * @param {Storage | null} [options.storage] where `resume` keeps them (sessionStorage)
    */
   constructor(options) {
     if (!options || options.token === undefined) throw new TypeError("RealtimeClient needs a token");
@@ -137,6 +358,9 @@ export class RealtimeClient {
       ...options,
     };
     for (const s of normalizeStreams(options.streams ?? ["notifications"])) this.#wanted.add(s);
+    this.#positions = new Positions(this.#opts.recoveryBuffer);
+    const storage = this.#opts.storage === undefined ? sessionStorageOrNull() : this.#opts.storage;
+    this.#storage = this.#opts.resume ? storage : null;
   }
 
   /** "connecting" | "open" | "closed". Open means the edge sent `connected`: nothing is missed after. */
@@ -200,6 +424,7 @@ export class RealtimeClient {
   unsubscribe(streams) {
     const list = normalizeStreams(streams);
     for (const s of list) this.#wanted.delete(s);
+    this.#forget(list);
     const promise = this.#waitFor(() => list.every((s) => !this.#held.has(s)));
     if (this.#state === State.OPEN) this.#send({ action: "unsubscribe", streams: list });
     return promise;
@@ -226,11 +451,20 @@ export class RealtimeClient {
   }
 
   /**
-   * `listener({reason})` whenever the app should refetch what it shows: on every `connected`
-   * ("connect" the first time, "reconnect" after) and on a `resync` event ("event").
+   * `listener({reason, streams})` when the app must refetch what it shows of `streams`: they
+   * have no position to recover from (the first connect, streams without `meta.seq`), their
+   * recovery failed, or their producer's numbering restarted (reason "epoch").
    */
   onResync(listener) {
     return this.#addTo(this.#resyncListeners, listener);
+  }
+
+  /**
+   * `listener({stream, recovered, replayed, reason})` after each recovery, once the messages it
+   * brought (`replayed` of them) were dispatched. `recovered: false` is followed by `onResync`.
+   */
+  onRecovery(listener) {
+    return this.#addTo(this.#recoveryListeners, listener);
   }
 
   /** `listener(error)` for what the client cannot act on (a bad frame, a failing provider). */
@@ -309,9 +543,91 @@ export class RealtimeClient {
       this.#report(new Error("realtime: a frame is not an envelope"));
       return;
     }
-    if (msg.stream === "system") this.#system(msg);
+    if (msg.stream !== "system") {
+      this.#accept(msg);
+      return;
+    }
+    this.#system(msg);
     this.#dispatch(msg);
-    if (msg.event === "resync") this.#resync("event");
+    if (msg.event === "resync") this.#recover(this.#held, "event");
+  }
+
+  // A stream frame: dispatched, dropped as a duplicate, or held while its stream recovers.
+  #accept(msg) {
+    const { verdict, position } = this.#positions.receive(msg);
+    if (verdict === "duplicate" || verdict === "held") return false;
+    if (verdict === "gap") {
+      this.#askRecovery({ [msg.stream]: position });
+      return false;
+    }
+    if (positionOf(msg)) this.#savePositions();
+    this.#dispatch(msg);
+    if (verdict === "epoch") this.#resync("epoch", [msg.stream]);
+    return true;
+  }
+
+  // Recover the positioned `streams`; the others can only be refetched.
+  #recover(streams, reason) {
+    const { recover, unpositioned } = this.#positions.start(streams, reason);
+    this.#askRecovery(recover);
+    if (unpositioned.length) this.#resync(reason === "resume" ? "connect" : reason, unpositioned);
+  }
+
+  #askRecovery(recover) {
+    const streams = Object.keys(recover);
+    if (!streams.length) return;
+    for (const s of streams) {
+      this.#timer(`recovery:${s}`, this.#opts.recoveryTimeout, () => this.#recovered({ [s]: false }));
+    }
+    this.#send({ action: "subscribe", streams, recover });
+  }
+
+  // The edge said which streams it recovered: release what was held, then tell the app.
+  #recovered(outcome) {
+    const failed = new Map(); // reason -> streams
+    const again = new Map();
+    for (const [stream, ok] of Object.entries(outcome)) {
+      const done = this.#positions.answer(stream, ok === true);
+      if (!done) continue;
+      this.#clearTimer(`recovery:${stream}`);
+      let replayed = 0;
+      for (const msg of done.frames) if (this.#accept(msg)) replayed += 1;
+      const info = { stream, recovered: done.recovered, replayed, reason: done.reason };
+      for (const listener of [...this.#recoveryListeners]) this.#call(listener, info);
+      if (!done.recovered) failed.set(done.reason, [...(failed.get(done.reason) ?? []), stream]);
+      if (done.again) again.set(done.again, [...(again.get(done.again) ?? []), stream]);
+    }
+    for (const [reason, streams] of failed) this.#resync(reason === "resume" ? "connect" : reason, streams);
+    for (const [reason, streams] of again) this.#recover(streams, reason);
+  }
+
+  #forget(streams) {
+    for (const s of streams) {
+      this.#positions.forget(s);
+      this.#clearTimer(`recovery:${s}`);
+    }
+    this.#savePositions();
+  }
+
+  // Whose positions these are, and why this connect recovers: "resume" (the first one, from a
+  // previous page's positions), "reconnect", or "connect" (nothing of this user to go on).
+  // Another user on this client (another token) never inherits the last one's positions.
+  #identify(userId) {
+    const first = !this.#connectedOnce;
+    this.#connectedOnce = true;
+    if (!first && userId === this.#userId) return "reconnect";
+    this.#positions.clear();
+    this.#userId = userId;
+    if (!this.#storage) return "connect";
+    const url = new URL(buildWebSocketUrl(this.#opts.url ?? this.#opts.path));
+    this.#storageKey = `${STORAGE_INDEX}:${url.origin}${url.pathname}|${userId ?? ""}`;
+    this.#positions.load(readPositions(this.#storage, this.#storageKey));
+    touchPositions(this.#storage, this.#storageKey);
+    return "resume";
+  }
+
+  #savePositions() {
+    if (this.#storage && this.#storageKey) writePositions(this.#storage, this.#storageKey, this.#positions.toJSON());
   }
 
   #system(msg) {
@@ -324,15 +640,16 @@ export class RealtimeClient {
         this.#setState(State.OPEN, {});
         this.#reconcile();
         this.#scheduleRefresh();
-        this.#resync(this.#connectedOnce ? "reconnect" : "connect");
-        this.#connectedOnce = true;
+        this.#recover(this.#held, this.#identify(data.user_id ?? null));
         break;
       case "subscribed":
         for (const r of data.rejected ?? []) {
           this.#wanted.delete(r.stream);
           this.#rejected.set(r.stream, r.code);
         }
+        this.#forget((data.rejected ?? []).map((r) => r.stream));
         this.#setHeld(data.streams);
+        if (data.recovered && typeof data.recovered === "object") this.#recovered(data.recovered);
         break;
       case "unsubscribed":
         this.#setHeld(data.streams);
@@ -344,6 +661,7 @@ export class RealtimeClient {
           this.#wanted.delete(s);
           this.#rejected.set(s, "FORBIDDEN");
         }
+        this.#forget(data.dropped ?? []);
         this.#setHeld(data.streams);
         this.#scheduleRefresh();
         break;
@@ -382,8 +700,8 @@ export class RealtimeClient {
     }
   }
 
-  #resync(reason) {
-    for (const listener of [...this.#resyncListeners]) this.#call(listener, { reason });
+  #resync(reason, streams) {
+    for (const listener of [...this.#resyncListeners]) this.#call(listener, { reason, streams });
   }
 
   #call(listener, arg) {
@@ -457,6 +775,8 @@ export class RealtimeClient {
 
   #dropSocket(code, reason) {
     for (const name of ["connect", "idle", "pong", "refresh"]) this.#clearTimer(name);
+    for (const s of this.#positions.inflight) this.#clearTimer(`recovery:${s}`);
+    this.#positions.abandon(); // held frames are recovered again from the unchanged positions
     const ws = this.#ws;
     this.#ws = null;
     if (!ws) return;
