@@ -1,8 +1,8 @@
 """RealtimeClient against an in-process stand-in for the edge (its wire protocol, no broker).
 
 The scripted edge lets these tests force what the real one does rarely: a 4001, a
-terminal close, a refused handshake. tests/clients/test_client_edge.py runs the client
-against the real edge.
+terminal close, a refused handshake, the order of replayed and live messages during a
+recovery. tests/clients/test_client_edge.py runs the client against the real edge.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class ScriptedEdge:
         self.reject: int | None = None
         self.unready = 0  # answer this many handshakes with 503 first
         self.connections: asyncio.Queue[ServerConnection] = asyncio.Queue()
+        # `subscribe` frames with `recover`: the test answers them (replays, then the reply).
+        self.recoveries: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.server: Server | None = None
 
     @property
@@ -81,7 +83,9 @@ class ScriptedEdge:
             frame = orjson.loads(raw)
             self.frames.append(frame)
             action, streams = frame.get("action"), frame.get("streams", [])
-            if action == "subscribe":
+            if action == "subscribe" and "recover" in frame:
+                await self.recoveries.put(frame)
+            elif action == "subscribe":
                 rejected = [{"stream": s, "code": "NOT_FOUND"} for s in streams if s not in KNOWN]
                 held += [s for s in streams if s in KNOWN and s not in held]
                 data: dict[str, Any] = {"streams": held}
@@ -119,6 +123,40 @@ def tokens(first_ttl: int = 3600) -> Callable[[], str]:
 async def next_envelope(client: RealtimeClient) -> Envelope:
     async with asyncio.timeout(5):
         return await anext(client)
+
+
+async def recovery_request(edge: ScriptedEdge) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        return await edge.recoveries.get()
+
+
+def numbered(seq: int, epoch: str = "e1") -> str:
+    """A notification event as the notifications service numbers them."""
+    meta = {"seq": seq, "epoch": epoch}
+    return orjson.dumps(
+        {"stream": "notifications", "event": "n", "data": {"n": seq}, "meta": meta}
+    ).decode()
+
+
+def recovered(ok: bool) -> str:
+    return system("subscribed", streams=["notifications"], recovered={"notifications": ok})
+
+
+async def received(client: RealtimeClient, count: int) -> list[Any]:
+    """The next `count` envelopes, as seqs for stream messages and tuples for system ones."""
+    out: list[Any] = []
+    for _ in range(count):
+        envelope = await next_envelope(client)
+        if envelope.stream == "system":
+            out.append((envelope.event, envelope.data))
+        else:
+            out.append(envelope.meta.get("seq"))
+    return out
+
+
+def outcome(ok: bool, replayed: int, reason: str) -> tuple[str, dict[str, Any]]:
+    data = {"stream": "notifications", "recovered": ok, "replayed": replayed, "reason": reason}
+    return ("recovered", data)
 
 
 async def test_yields_stream_envelopes_but_not_the_edges_replies(edge: ScriptedEdge) -> None:
@@ -269,3 +307,116 @@ async def test_close_stops_for_good(edge: ScriptedEdge) -> None:
     with suppress(Exception):
         await ws.wait_closed()
     assert len(edge.urls) == 1
+
+
+async def test_recovers_after_a_reconnect_in_order_and_without_duplicates(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(edge.url, tokens(), backoff=FAST) as client:
+        first = await edge.connections.get()
+        for seq in (1, 2):
+            await first.send(numbered(seq))
+        assert await received(client, 2) == [1, 2]
+        await first.close(1001, "server shutting down")
+
+        second = await edge.connections.get()
+        request = await recovery_request(edge)
+        assert request == {
+            "action": "subscribe",
+            "streams": ["notifications"],
+            "recover": {"notifications": {"epoch": "e1", "seq": 2}},
+        }
+        # Live 5 went out before the edge read the frame; then the missed ones (5 again);
+        # after the reply, what the edge held back (5 once more, and 6).
+        for seq in (5, 3, 4, 5):
+            await second.send(numbered(seq))
+        await second.send(recovered(True))
+        for seq in (5, 6):
+            await second.send(numbered(seq))
+
+        assert await received(client, 5) == [3, 4, 5, outcome(True, 3, "reconnect"), 6]
+        assert client.positions["notifications"].seq == 6
+
+
+async def test_a_failed_recovery_yields_a_resync_and_the_next_message_starts_afresh(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(edge.url, tokens(), backoff=FAST) as client:
+        first = await edge.connections.get()
+        await first.send(numbered(1))
+        assert await received(client, 1) == [1]
+        await first.close(1001)
+
+        second = await edge.connections.get()
+        await recovery_request(edge)
+        await second.send(recovered(False))
+        for seq in (40, 41):  # no gap after 1: the recovery failed, the consumer refetches
+            await second.send(numbered(seq))
+        assert await received(client, 4) == [
+            outcome(False, 0, "reconnect"),
+            ("resync", {"reason": "reconnect", "streams": ["notifications"]}),
+            40,
+            41,
+        ]
+
+
+async def test_a_skipped_seq_holds_the_stream_and_recovers_the_gap(edge: ScriptedEdge) -> None:
+    async with RealtimeClient(edge.url, tokens(), backoff=FAST) as client:
+        ws = await edge.connections.get()
+        for seq in (1, 4, 5):
+            await ws.send(numbered(seq))
+        request = await recovery_request(edge)
+        assert request["recover"] == {"notifications": {"epoch": "e1", "seq": 1}}
+        for seq in (2, 3, 4):
+            await ws.send(numbered(seq))
+        await ws.send(recovered(True))
+        assert await received(client, 6) == [1, 2, 3, 4, 5, outcome(True, 4, "gap")]
+
+
+async def test_the_edges_resync_recovers_instead_of_asking_for_a_refetch(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(edge.url, tokens(), backoff=FAST) as client:
+        ws = await edge.connections.get()
+        await ws.send(numbered(1))
+        await ws.send(system("resync", streams=["notifications"]))
+        request = await recovery_request(edge)
+        assert request["recover"] == {"notifications": {"epoch": "e1", "seq": 1}}
+        await ws.send(numbered(2))
+        await ws.send(recovered(True))
+        assert await received(client, 3) == [1, 2, outcome(True, 1, "event")]
+
+
+async def test_a_new_epoch_resets_the_position_and_asks_for_a_refetch(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(edge.url, tokens(), backoff=FAST) as client:
+        first = await edge.connections.get()
+        for text in (numbered(7), numbered(3, "e2"), numbered(3, "e2"), numbered(4, "e2")):
+            await first.send(text)
+        assert await received(client, 4) == [
+            7,
+            3,
+            ("resync", {"reason": "epoch", "streams": ["notifications"]}),
+            4,
+        ]
+        await first.close(1001)
+        await edge.connections.get()
+        request = await recovery_request(edge)
+        assert request["recover"] == {"notifications": {"epoch": "e2", "seq": 4}}
+
+
+async def test_an_edge_that_never_answers_a_recovery_does_not_hold_the_stream_for_good(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(edge.url, tokens(), backoff=FAST, recovery_timeout=0.2) as client:
+        ws = await edge.connections.get()
+        for seq in (1, 3):
+            await ws.send(numbered(seq))
+        await recovery_request(edge)  # and never answered
+        assert await received(client, 4) == [
+            1,
+            3,
+            outcome(False, 1, "gap"),
+            ("resync", {"reason": "gap", "streams": ["notifications"]}),
+        ]

@@ -1,4 +1,7 @@
-"""The Python client's reconnect policy, without sockets: jitter bounds, cap, reset, codes."""
+"""The Python client's reconnect policy and recovery positions, without sockets.
+
+Jitter bounds, cap, reset, close codes; what `PositionTracker` holds, drops and releases.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ import random
 import pytest
 
 from realtime_shared.auth import issue_token
-from realtime_shared.client import Backoff, ReconnectPolicy, token_expiry
+from realtime_shared.client import Backoff, Position, PositionTracker, ReconnectPolicy, token_expiry
+from realtime_shared.envelope import Envelope
 
 pytestmark = pytest.mark.unit
 
@@ -65,3 +69,63 @@ def test_token_expiry_reads_exp_without_the_key() -> None:
     exp = token_expiry(token)
     assert exp is not None and exp > 0
     assert token_expiry("not-a-jwt") is None
+
+
+def numbered(seq: int, epoch: str = "e1") -> Envelope:
+    return Envelope("notifications", "n", {}, {"seq": seq, "epoch": epoch})
+
+
+def seqs(envelopes: list[Envelope]) -> list[object]:
+    return [e.meta.get("seq", e.event) for e in envelopes]
+
+
+def test_held_frames_are_released_in_seq_order_per_epoch_as_the_epochs_came() -> None:
+    positions = PositionTracker()
+    positions.receive(numbered(1))
+    assert positions.start(["notifications"], "reconnect").recover == {
+        "notifications": Position("e1", 1)
+    }
+    for envelope in (numbered(3), numbered(2), numbered(2, "e2"), numbered(1, "e2"), numbered(4)):
+        assert positions.receive(envelope).deliver == []
+    step = positions.answer({"notifications": True})
+    # e1's 2, 3, 4 in order; then e2 restarts the numbering: a refetch, and 2 after 1.
+    assert seqs(step.deliver) == [2, 3, 4, 1, "resync", 2, "recovered"]
+    assert positions.positions == {"notifications": Position("e2", 2)}
+
+
+def test_a_resync_during_a_recovery_recovers_again_once_it_is_answered() -> None:
+    positions = PositionTracker()
+    positions.receive(numbered(1))
+    positions.start(["notifications"], "reconnect")
+    assert positions.start(["notifications"], "event").recover == {}  # one at a time
+    positions.receive(numbered(2))
+    step = positions.answer({"notifications": True})
+    assert seqs(step.deliver) == [2, "recovered"]
+    assert step.recover == {"notifications": Position("e1", 2)}
+
+
+def test_a_recovery_holding_more_than_its_buffer_fails_instead_of_growing() -> None:
+    positions = PositionTracker(buffer_limit=2)
+    positions.receive(numbered(1))
+    positions.start(["notifications"], "reconnect")
+    for seq in (2, 3, 4):
+        positions.receive(numbered(seq))
+    step = positions.answer({"notifications": True})
+    assert [(e.event, e.data.get("recovered")) for e in step.deliver] == [
+        ("recovered", False),
+        ("resync", None),
+    ]
+    assert seqs(positions.receive(numbered(9)).deliver) == [9]  # starts afresh, no gap
+
+
+def test_broadcasts_and_malformed_positions_pass_through_untouched() -> None:
+    positions = PositionTracker()
+    positions.receive(numbered(1))
+    positions.start(["notifications"], "reconnect")
+    odd = [
+        Envelope("notifications", "broadcast"),
+        Envelope("notifications", "odd", {}, {"seq": True, "epoch": "e1"}),
+        Envelope("notifications", "odd", {}, {"seq": 2, "epoch": "x" * 65}),
+    ]
+    for envelope in odd:
+        assert positions.receive(envelope).deliver == [envelope]

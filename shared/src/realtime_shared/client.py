@@ -2,16 +2,27 @@
 
     async with RealtimeClient("ws://localhost:8080/ws", token=get_token) as client:
         async for envelope in client:
-            if envelope.stream == "system":  # a `resync`: refetch what you show
-                continue
+            if envelope.stream == "system":
+                if envelope.event == "resync":  # refetch what you keep of data["streams"]
+                    await reload(envelope.data["streams"])
+                continue  # `recovered`: nothing was missed
             handle(envelope)
 
 It follows the browser client's policy: the token provider runs before every connect,
 drops are retried with exponential backoff and full jitter (reset after a stable
 connection), every stream held is subscribed again, the token is refreshed before
-`exp`, and after every reconnect the iterator yields a ``system``/``resync`` envelope so
-the consumer refetches what it may have missed. The edge's terminal close codes and a
-refused handshake end the iteration with an exception instead of a retry loop.
+`exp`, and the edge's terminal close codes and a refused handshake end the iteration
+with an exception instead of a retry loop.
+
+Recovery: streams whose messages carry ``meta.epoch`` and ``meta.seq`` have a position
+(the last pair seen). After a reconnect, a ``resync`` from the edge, or a live ``seq``
+that skips a number, the client asks the edge for what it missed (``subscribe`` with
+``recover``), holds that stream's frames until the edge's reply, and yields them in
+``seq`` order without duplicates, then a ``system``/``recovered`` envelope
+(``{"stream", "recovered", "replayed", "reason"}``). A ``system``/``resync`` envelope
+(``{"reason", "streams"}``) is yielded only when the consumer must refetch: the streams
+had no position, their recovery failed, or their epoch changed. `PositionTracker` is
+that logic without I/O.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -31,7 +42,13 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import jwt
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedOK,
+    InvalidStatus,
+    InvalidURI,
+    WebSocketException,
+)
 from websockets.typing import Origin
 
 from realtime_shared.envelope import Envelope, EnvelopeError
@@ -43,6 +60,7 @@ State = Literal["connecting", "open", "closed"]
 TokenProvider = str | Callable[[], str] | Callable[[], Awaitable[str]]
 
 RESYNC = "resync"
+RECOVERED = "recovered"
 TOKEN_EXPIRED_CODE = 4001
 
 TERMINAL_CLOSE_CODES = frozenset({1000, 1008, 1009})
@@ -56,6 +74,17 @@ REFRESH_MARGIN = 30.0
 
 QUEUE_SIZE = 1024
 """Envelopes buffered for a slow consumer; past that the socket is not read (backpressure)."""
+
+RECOVERY_TIMEOUT = 10.0
+"""Seconds to wait for the edge's answer to a recovery. It gives up on the history owner after
+EDGE_RECOVERY_TIMEOUT (3 s); an edge that never answers must not hold a stream back for good."""
+
+RECOVERY_BUFFER = 1000
+"""Frames of one stream held while it recovers: the edge sends at most EDGE_RECOVERY_MAX (500)
+missed ones plus what was on the way. Past this the recovery counts as failed (refetch)."""
+
+MAX_EPOCH_CHARS = 64
+"""The contract's limit on ``meta.epoch``."""
 
 
 class RealtimeError(Exception):
@@ -145,6 +174,180 @@ class ReconnectPolicy:
         return close_code not in TERMINAL_CLOSE_CODES
 
 
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where the consumer's copy of a stream ends: the last message's epoch and seq."""
+
+    epoch: str
+    seq: int
+
+    @classmethod
+    def of(cls, envelope: Envelope) -> Position | None:
+        """The position a stream message carries; None for broadcasts and unnumbered streams."""
+        epoch, seq = envelope.meta.get("epoch"), envelope.meta.get("seq")
+        if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_CHARS:
+            return None
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            return None
+        return cls(epoch, seq)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "seq": self.seq}
+
+
+@dataclass(slots=True)
+class Step:
+    """What to do after the tracker took something in: yield `deliver`, then send `recover`."""
+
+    deliver: list[Envelope] = field(default_factory=list)
+    recover: dict[str, Position] = field(default_factory=dict)
+
+    def then(self, other: Step) -> Step:
+        self.deliver += other.deliver
+        self.recover.update(other.recover)
+        return self
+
+
+@dataclass(slots=True)
+class _Recovery:
+    reason: str
+    held: list[Envelope] = field(default_factory=list)
+    overflow: bool = False
+    again: str | None = None  # asked to recover again meanwhile (a resync): do it after
+
+
+def _resync(reason: str, streams: list[str]) -> Envelope:
+    return Envelope(SYSTEM_STREAM, RESYNC, {"reason": reason, "streams": streams})
+
+
+def _in_seq_order(held: list[Envelope]) -> list[Envelope]:
+    """By seq within each epoch, epochs in the order they first came."""
+    by_epoch: dict[str, list[Envelope]] = {}
+    for envelope in held:
+        by_epoch.setdefault(envelope.meta["epoch"], []).append(envelope)
+    return [e for group in by_epoch.values() for e in sorted(group, key=lambda e: e.meta["seq"])]
+
+
+class PositionTracker:
+    """The consumer's position per stream and the recoveries in flight, without I/O.
+
+    The client feeds it stream frames (`receive`), the reasons to recover (`start`) and the
+    edge's answers (`answer`); each returns the `Step` to take. A stream with a recovery in
+    flight is held until its answer; then its frames are released in seq order, and those at
+    or below the position (already seen in that epoch) are dropped.
+    """
+
+    def __init__(self, buffer_limit: int = RECOVERY_BUFFER) -> None:
+        self._at: dict[str, Position] = {}
+        self._inflight: dict[str, _Recovery] = {}
+        self._rebase: set[str] = set()  # recovery failed: the next message starts afresh
+        self._limit = buffer_limit
+
+    @property
+    def positions(self) -> dict[str, Position]:
+        return dict(self._at)
+
+    @property
+    def inflight(self) -> list[str]:
+        return list(self._inflight)
+
+    def forget(self, streams: Iterable[str]) -> None:
+        for stream in streams:
+            self._at.pop(stream, None)
+            self._inflight.pop(stream, None)
+            self._rebase.discard(stream)
+
+    def clear(self) -> None:
+        self.forget([*self._at, *self._inflight, *self._rebase])
+
+    def abandon(self) -> None:
+        """The connection is gone: no answer will come. Held frames are recovered again."""
+        self._inflight.clear()
+
+    def receive(self, envelope: Envelope) -> Step:
+        step = Step()
+        self._accept(envelope, step)
+        return step
+
+    def start(self, streams: Iterable[str], reason: str) -> Step:
+        """Recover the positioned `streams`; the others can only be refetched (a resync)."""
+        step = Step()
+        unpositioned: list[str] = []
+        for stream in streams:
+            pending = self._inflight.get(stream)
+            if pending is not None:
+                pending.again = reason
+            elif stream in self._at and stream not in self._rebase:
+                self._inflight[stream] = _Recovery(reason)
+                step.recover[stream] = self._at[stream]
+            else:
+                unpositioned.append(stream)
+        if unpositioned:
+            step.deliver.append(_resync(reason, unpositioned))
+        return step
+
+    def answer(self, recovered: dict[str, Any]) -> Step:
+        """The edge's `data.recovered` (or False for recoveries that timed out)."""
+        step = Step()
+        failed: dict[str, list[str]] = {}
+        again: dict[str, list[str]] = {}
+        for stream, ok in recovered.items():
+            pending = self._inflight.pop(stream, None)
+            if pending is None:
+                continue
+            success = ok is True and not pending.overflow
+            if not success:
+                self._rebase.add(stream)
+                failed.setdefault(pending.reason, []).append(stream)
+            replayed = sum(self._accept(e, step) for e in _in_seq_order(pending.held))
+            outcome = {
+                "stream": stream,
+                "recovered": success,
+                "replayed": replayed,
+                "reason": pending.reason,
+            }
+            step.deliver.append(Envelope(SYSTEM_STREAM, RECOVERED, outcome))
+            if pending.again is not None:
+                again.setdefault(pending.again, []).append(stream)
+        for reason, streams in failed.items():
+            step.deliver.append(_resync(reason, streams))
+        for reason, streams in again.items():
+            step.then(self.start(streams, reason))
+        return step
+
+    def _accept(self, envelope: Envelope, step: Step) -> bool:
+        """Deliver, drop or hold one stream frame; True when it is delivered."""
+        position = Position.of(envelope)
+        stream = envelope.stream
+        if position is None:
+            step.deliver.append(envelope)
+            return True
+        pending = self._inflight.get(stream)
+        if pending is not None:
+            if len(pending.held) >= self._limit:
+                pending.overflow = True
+                pending.held.clear()
+            elif not pending.overflow:
+                pending.held.append(envelope)
+            return False
+        last = self._at.get(stream)
+        if last is None or stream in self._rebase:
+            self._rebase.discard(stream)
+        elif position.epoch != last.epoch:  # numbering restarted: what came before is lost
+            self._at[stream] = position
+            step.deliver += [envelope, _resync("epoch", [stream])]
+            return True
+        elif position.seq <= last.seq:
+            return False
+        elif position.seq > last.seq + 1:
+            self._inflight[stream] = _Recovery("gap", [envelope])
+            step.recover[stream] = last
+            return False
+        self._at[stream] = position
+        step.deliver.append(envelope)
+        return True
+
+
 def token_expiry(token: str) -> int | None:
     """The `exp` claim, read without verification: the client only schedules its refresh."""
     try:
@@ -180,6 +383,8 @@ class RealtimeClient:
         refresh_margin: float = REFRESH_MARGIN,
         queue_size: int = QUEUE_SIZE,
         origin: str | None = None,
+        recovery_timeout: float = RECOVERY_TIMEOUT,
+        recovery_buffer: int = RECOVERY_BUFFER,
     ) -> None:
         """`connect_timeout`: how long entering the context keeps retrying (None: forever)."""
         self.url = url
@@ -201,6 +406,9 @@ class RealtimeClient:
         self._task: asyncio.Task[None] | None = None
         self._need_fresh_token = False
         self._exp: int | None = None
+        self._positions = PositionTracker(recovery_buffer)
+        self._recovery_timeout = recovery_timeout
+        self._deadlines: dict[str, float] = {}  # stream -> when its recovery counts as failed
         self.connection_id: str | None = None
         self.user_id: str | None = None
         self.connects = 0
@@ -213,6 +421,11 @@ class RealtimeClient:
     def streams(self) -> list[str]:
         """Streams the edge confirmed for the current connection."""
         return list(self._held)
+
+    @property
+    def positions(self) -> dict[str, Position]:
+        """The last (epoch, seq) yielded per recoverable stream."""
+        return self._positions.positions
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -297,6 +510,7 @@ class RealtimeClient:
             if rejected:
                 refused = {r.get("stream") for r in rejected}
                 self._wanted = [s for s in self._wanted if s not in refused]
+                self._positions.forget(s for s in refused if isinstance(s, str))
                 raise RequestFailed("REJECTED", f"streams refused: {sorted(refused)}", rejected)
             return self.streams
 
@@ -304,6 +518,7 @@ class RealtimeClient:
         """Stop holding streams; nothing of them is delivered after this returns."""
         dropped = _normalize(streams)
         self._wanted = [s for s in self._wanted if s not in dropped]
+        self._positions.forget(dropped)
         while True:
             await self._wait_open()
             if not any(s in self._held for s in dropped):
@@ -422,6 +637,8 @@ class RealtimeClient:
         self._ws = ws
         self._held = list(first.data.get("streams", []))
         self.connection_id = first.data.get("connection_id")
+        if self.connects and first.data.get("user_id") != self.user_id:
+            self._positions.clear()  # another user's token: never recover the last one's streams
         self.user_id = first.data.get("user_id")
         self.connects += 1
         self._policy.connected()
@@ -430,12 +647,22 @@ class RealtimeClient:
         refresher = asyncio.create_task(self._refresh_loop(ws))
         try:
             if self.connects > 1:
-                await self._queue.put(Envelope(SYSTEM_STREAM, RESYNC, {"reason": "reconnect"}))
+                await self._take(ws, self._positions.start(self._held, "reconnect"))
             await self._reconcile(ws)
-            async for raw in ws:
-                await self._handle(raw)
+            while True:
+                try:
+                    async with asyncio.timeout(self._recovery_wait()):
+                        raw = await ws.recv()  # cancelling recv() loses nothing
+                except TimeoutError:
+                    await self._expire_recoveries(ws)
+                    continue
+                except ConnectionClosedOK:
+                    return
+                await self._handle(ws, raw)
         finally:
             refresher.cancel()
+            self._positions.abandon()
+            self._deadlines.clear()
             self._ws = None
             self._opened.clear()
             while self._pending:
@@ -449,30 +676,64 @@ class RealtimeClient:
         if missing:
             await ws.send(orjson.dumps({"action": "subscribe", "streams": missing}).decode())
 
-    async def _handle(self, raw: str | bytes) -> None:
+    async def _handle(self, ws: ClientConnection, raw: str | bytes) -> None:
         try:
             envelope = Envelope.from_bytes(raw)
         except EnvelopeError as exc:
             log.warning("ignoring a frame from the edge: %s", exc)
             return
         if envelope.stream != SYSTEM_STREAM:
-            await self._queue.put(envelope)
+            await self._take(ws, self._positions.receive(envelope))
             return
         event, data = envelope.event, envelope.data
         if event in ("subscribed", "unsubscribed"):
             self._held = list(data.get("streams", self._held))
+            recovered = data.get("recovered")
+            if isinstance(recovered, dict):  # the reply to our recovery, not to a subscribe()
+                await self._take(ws, self._positions.answer(recovered))
+                return
         elif event == "refreshed":
             if isinstance(data.get("exp"), int):
                 self._exp = data["exp"]
             # Streams the new token no longer allows are gone; asking again would be refused.
             dropped = data.get("dropped") or []
             self._wanted = [s for s in self._wanted if s not in dropped]
+            self._positions.forget(dropped)
             self._held = list(data.get("streams", self._held))
         elif event == "token.expired":
             self._need_fresh_token = True
         elif event == RESYNC:
-            await self._queue.put(Envelope(SYSTEM_STREAM, RESYNC, {"reason": "event", **data}))
+            await self._take(ws, self._positions.start(self._held, "event"))
         self._resolve(event, envelope)
+
+    async def _take(self, ws: ClientConnection, step: Step) -> None:
+        """Yield what a step delivers, then ask the edge to recover what it names."""
+        for stream in [s for s in self._deadlines if s not in self._positions.inflight]:
+            del self._deadlines[stream]
+        for envelope in step.deliver:
+            await self._queue.put(envelope)
+        if step.recover:
+            deadline = time.monotonic() + self._recovery_timeout
+            self._deadlines.update(dict.fromkeys(step.recover, deadline))
+            recover = {stream: p.to_dict() for stream, p in step.recover.items()}
+            frame = {"action": "subscribe", "streams": list(recover), "recover": recover}
+            await ws.send(orjson.dumps(frame).decode())
+
+    def _recovery_wait(self) -> float | None:
+        """Seconds until the first recovery in flight counts as failed (None: none in flight)."""
+        if not self._deadlines:
+            return None
+        return max(0.0, min(self._deadlines.values()) - time.monotonic())
+
+    async def _expire_recoveries(self, ws: ClientConnection) -> None:
+        now = time.monotonic()
+        due = [stream for stream, deadline in self._deadlines.items() if deadline <= now]
+        if not due:
+            return
+        for stream in due:
+            del self._deadlines[stream]
+        log.warning("the edge did not answer the recovery of %s; refetch needed", due)
+        await self._take(ws, self._positions.answer(dict.fromkeys(due, False)))
 
     def _resolve(self, event: str, envelope: Envelope) -> None:
         for index, (expected, future) in enumerate(self._pending):
