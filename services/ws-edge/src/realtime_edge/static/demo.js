@@ -1,11 +1,15 @@
 // The notification centre demo: realtime.js for live events, the REST API for state.
 //
-// The list and the unread count come from REST; events keep them current; every
-// `resync` (each connect, and whenever the edge asks) refetches both, so nothing that
-// happened while the socket was down is missed.
+// The list and the unread count come from REST; events keep them current, applied by
+// notification id so an event seen twice (a REST answer and its event) changes nothing.
+// After a reconnect realtime.js recovers the events the page missed; only when it cannot
+// (`onResync`) does the page refetch both. The view is kept in sessionStorage with the
+// client's positions (`resume`), so a reload recovers too instead of refetching.
 import { RealtimeClient } from "/static/realtime.js";
 
 const PAGE_SIZE = 50;
+/** Notifications kept across a reload: the loaded page plus what arrived since. */
+const VIEW_ITEMS = 100;
 const SEVERITY_ICON = { info: "i", success: "✓", warning: "!", error: "×" };
 const $ = (selector) => document.querySelector(selector);
 
@@ -28,6 +32,7 @@ const ui = {
   composerForm: $("#composer-form"),
   composerStatus: $("[data-testid=composer-status]"),
   log: $("[data-testid=event-log]"),
+  sync: $("[data-testid=sync-status]"),
 };
 
 const state = {
@@ -43,6 +48,8 @@ const state = {
   filter: "all",
   fresh: new Set(),
   loadSeq: 0,
+  loaded: false, // the view has a base (loaded, or kept from the last page) that events apply to
+  loads: 0, // full refetches, shown for tests: a recovery that worked costs none
 };
 
 // ---- tokens -------------------------------------------------------------------------------
@@ -92,13 +99,64 @@ async function loadAll() {
   if (seq !== state.loadSeq) return;
   state.items = new Map(list.map((n) => [n.id, n]));
   state.unread = count.count;
+  state.loaded = true;
+  state.loads += 1;
+  showSync("refetched");
   render();
+}
+
+// ---- the view across a reload ---------------------------------------------------------------
+
+const VIEW_KEY = "realtime-demo-view";
+
+function viewKey() {
+  return `${state.apiBase}|${state.user}`;
+}
+
+/** The list and count the last page of this tab showed for this user, if any. */
+function restoreView() {
+  try {
+    const view = JSON.parse(sessionStorage.getItem(VIEW_KEY) ?? "null");
+    if (view?.key !== viewKey() || !Array.isArray(view.items)) return false;
+    state.items = new Map(view.items.map((n) => [n.id, n]));
+    state.unread = Number(view.unread) || 0;
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function saveView() {
+  if (!state.loaded) return;
+  const items = [...state.items.values()].sort(newestFirst).slice(0, VIEW_ITEMS);
+  try {
+    sessionStorage.setItem(VIEW_KEY, JSON.stringify({ key: viewKey(), items, unread: state.unread }));
+  } catch {
+    forgetView(); // a view that cannot be kept must not outlive newer positions
+  }
+}
+
+function forgetView() {
+  try {
+    sessionStorage.removeItem(VIEW_KEY);
+  } catch {
+    // storage refused altogether: nothing was kept either
+  }
+}
+
+/** Refetch everything. Until it lands the view is no base: a reload meanwhile loads too. */
+function refetch() {
+  state.loaded = false;
+  forgetView();
+  loadAll().catch((error) => notice(`Could not load notifications: ${error.message}`));
 }
 
 // ---- applying changes (from REST responses and events alike, so both may arrive) ------------
 
+/** Keep the newest version of a notification (by id); returns the one it replaced. */
 function upsert(notification) {
   const previous = state.items.get(notification.id);
+  if (previous && previous.updated_at > notification.updated_at) return previous; // an older version
   state.items.set(notification.id, notification);
   if (previous) state.unread += (notification.is_read ? 0 : 1) - (previous.is_read ? 0 : 1);
   return previous;
@@ -106,8 +164,7 @@ function upsert(notification) {
 
 const handlers = {
   "notification.created": ({ notification }) => {
-    if (state.items.has(notification.id)) return;
-    upsert(notification);
+    if (upsert(notification)) return; // already shown (from REST, or the event came twice)
     if (!notification.is_read) state.unread += 1;
     state.fresh.add(notification.id);
     bump();
@@ -222,11 +279,14 @@ function renderItem(n) {
   return item;
 }
 
+function newestFirst(a, b) {
+  return a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : 0;
+}
+
 function render() {
   state.unread = Math.max(0, state.unread);
-  const items = [...state.items.values()]
-    .filter((n) => state.filter === "all" || !n.is_read)
-    .sort((a, b) => (a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : 0));
+  saveView();
+  const items = [...state.items.values()].filter((n) => state.filter === "all" || !n.is_read).sort(newestFirst);
   ui.list.replaceChildren(...items.map(renderItem));
   state.fresh.clear();
   ui.empty.hidden = items.length > 0;
@@ -254,9 +314,17 @@ function showState(connectionState, detail = {}) {
   ui.statusText.textContent = text;
 }
 
-function logEvent(message) {
+/** How the page last caught up: "recovered" (missed events replayed) or "refetched" (REST). */
+function showSync(how, replayed = 0) {
+  ui.sync.dataset.sync = how;
+  ui.sync.dataset.loads = String(state.loads);
+  ui.sync.dataset.replayed = String(replayed);
+  ui.sync.textContent = how === "recovered" ? `Caught up${replayed ? ` · ${replayed} missed` : ""}` : "";
+}
+
+function logEvent(message, note = "") {
   const time = new Date().toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-  const detail = message.data?.notification?.title ?? message.data?.notification_id ?? "";
+  const detail = note || message.data?.notification?.title || message.data?.notification_id || "";
   const system = message.stream === "system";
   ui.log.prepend(
     el(
@@ -337,23 +405,30 @@ function connect(user) {
   state.items = new Map();
   state.unread = 0;
   state.loadSeq += 1;
+  state.loaded = restoreView();
   ui.userName.textContent = user;
   ui.avatar.textContent = user.slice(0, 1);
   ui.composerForm.elements.user_id.value = user;
   render();
 
-  const client = new RealtimeClient({ path: "/ws", token: userToken, streams: ["notifications"] });
+  // resume: the view above came from the last page, so recover from where it was.
+  const client = new RealtimeClient({ path: "/ws", token: userToken, streams: ["notifications"], resume: true });
   client.onState(showState);
-  client.on("*", "*", logEvent);
+  client.on("*", "*", (message) => logEvent(message));
   client.on("notifications", "*", (message) => {
     const handle = handlers[message.event];
     if (!handle || !message.data) return;
     handle(message.data);
     render();
   });
-  // Each connect (first included) and each `resync` from the edge: refetch, since events
-  // published while the socket was down were not delivered.
-  client.onResync(() => loadAll().catch((error) => notice(`Could not load notifications: ${error.message}`)));
+  // Only when the missed events cannot be replayed: the first visit, a failed recovery.
+  client.onResync(refetch);
+  client.onRecovery(({ recovered, replayed }) => {
+    if (!recovered) return; // onResync follows and refetches
+    logEvent({ stream: "system", event: "recovered" }, `${replayed} missed`);
+    showSync("recovered", replayed);
+    if (!state.loaded) refetch(); // nothing kept to apply them to
+  });
   client.onError((error) => console.warn("realtime:", error));
   state.client = client;
   client.connect();
