@@ -53,7 +53,8 @@ async def test_create_returns_the_notification_and_publishes_created(
     assert publisher.published[0].event_id == event.meta["event_id"]
     assert event.stream == "notifications" and event.event == "notification.created"
     assert event.data == {"notification": n, "notification_id": n["id"]}
-    assert set(event.meta) == {"event_id", "occurred_at"}
+    assert set(event.meta) == {"event_id", "occurred_at", "seq", "epoch"}
+    assert event.meta["seq"] == 1  # alice.b's first event
 
 
 async def test_defaults_of_a_minimal_notification(client: httpx.AsyncClient, auth: Auth) -> None:

@@ -40,13 +40,18 @@ def test_events_carry_the_contracts_data_meta_and_routing_key() -> None:
     n = Notification.new(user_id="a.b c", type="t", now=T0)
     created = domain.created(n, T0)
     assert created.routing_key == "notifications.a%2Eb%20c"
-    envelope = created.envelope().to_dict()
+    envelope = created.envelope(7, "e1").to_dict()
     assert envelope == {
         "stream": "notifications",
         "event": "notification.created",
         "data": {"notification": n.to_dict(), "notification_id": n.id},
-        "meta": {"event_id": created.id, "occurred_at": "2026-01-02T03:04:05+00:00"},
+        "meta": {
+            "event_id": created.id,
+            "occurred_at": "2026-01-02T03:04:05+00:00",
+            "seq": 7,
+            "epoch": "e1",
+        },
     }
     assert domain.deleted("a", "x", T0).data == {"notification_id": "x"}
-    assert domain.read_all("a", 0, T0).envelope().to_dict()["data"] == {"count": 0}
+    assert domain.read_all("a", 0, T0).envelope(1, "e1").to_dict()["data"] == {"count": 0}
     assert domain.created(n, T0).id != created.id

@@ -63,8 +63,11 @@ async def test_every_action_publishes_its_event_with_envelope_key_and_meta(
         assert message.content_type == "application/json"
         assert message.message_id == envelope.meta["event_id"]
         assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
-        assert set(envelope.meta) == {"event_id", "occurred_at"}
+        assert set(envelope.meta) == {"event_id", "occurred_at", "seq", "epoch"}
     assert len({e.meta["event_id"] for e in got}) == 5
+    assert [e.meta["seq"] for e in got] == [1, 2, 3, 4, 5]
+    [epoch] = {e.meta["epoch"] for e in got}
+    assert isinstance(epoch, str) and 1 <= len(epoch) <= 64
     assert await events.is_empty()
 
 

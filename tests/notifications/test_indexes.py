@@ -11,7 +11,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from realtime_notifications import outbox
 from realtime_notifications.db import Database, open_database
+from realtime_notifications.domain import Event, EventName
 from realtime_notifications.repository import NotificationRepository
 
 pytestmark = pytest.mark.integration
@@ -25,8 +27,8 @@ async def database(database_url: str) -> AsyncIterator[Database]:
     await database.dispose()
 
 
-async def _plan_of(database: Database, call: Callable[[NotificationRepository], Any]) -> str:
-    """The query plan of the last statement `call` runs through the repository."""
+async def _plan_of(database: Database, call: Callable[[Connection], Any]) -> str:
+    """The query plan of the last statement `call` runs."""
     seen: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
@@ -35,10 +37,10 @@ async def _plan_of(database: Database, call: Callable[[NotificationRepository], 
     def plan(conn: Connection) -> str:
         sa.event.listen(database.sync_engine, "before_cursor_execute", capture)
         try:
-            call(NotificationRepository(conn))
+            call(conn)
         finally:
             sa.event.remove(database.sync_engine, "before_cursor_execute", capture)
-        assert seen, "the repository ran no SQL"
+        assert seen, "no SQL ran"
         statement, params = seen[-1]
         if database.dialect == "sqlite":
             rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params)
@@ -56,7 +58,10 @@ async def test_newest_first_list_uses_an_index_and_no_sort(
     database: Database, unread_only: bool
 ) -> None:
     plan = await _plan_of(
-        database, lambda repo: repo.list("alice", limit=25, offset=0, unread_only=unread_only)
+        database,
+        lambda conn: NotificationRepository(conn).list(
+            "alice", limit=25, offset=0, unread_only=unread_only
+        ),
     )
     assert "INDEX" in plan.upper(), plan
     assert "TEMP B-TREE" not in plan.upper(), plan  # SQLite's sort step
@@ -64,6 +69,19 @@ async def test_newest_first_list_uses_an_index_and_no_sort(
 
 
 async def test_unread_count_uses_an_index(database: Database) -> None:
-    plan = await _plan_of(database, lambda repo: repo.unread_count("alice"))
+    plan = await _plan_of(database, lambda conn: NotificationRepository(conn).unread_count("alice"))
     assert "INDEX" in plan.upper(), plan
     assert "SCAN notifications\n" not in plan + "\n", plan
+
+
+async def test_a_history_page_uses_the_user_seq_index_and_no_sort(database: Database) -> None:
+    def fill(conn: Connection) -> None:
+        outbox.lock_user(conn, "alice")
+        for _ in range(3):
+            outbox.add(conn, Event("alice", EventName.READ_ALL, {"count": 0}), "e1")
+
+    await database.write(fill)
+    plan = await _plan_of(database, lambda conn: outbox.history(conn, "alice", 1, 500, "e1"))
+    assert "ix_outbox_user_id_seq" in plan, plan
+    assert "TEMP B-TREE" not in plan.upper(), plan
+    assert not any(line.strip().startswith("Sort") for line in plan.splitlines()), plan

@@ -42,7 +42,7 @@ async def test_one_users_backlog_does_not_hold_back_another_users_event(
 
         def commit(conn: Connection) -> None:
             for event in [*alices, bobs]:
-                outbox.add(conn, event)
+                outbox.add(conn, event, "e1")
 
         await database.write(commit)
         publisher = FakePublisher()
@@ -54,6 +54,7 @@ async def test_one_users_backlog_does_not_hold_back_another_users_event(
             batch_size=settings.outbox_batch_size,
             batch_per_user=settings.outbox_batch_per_user,
             retention=timedelta(seconds=settings.outbox_retention_seconds),
+            history=outbox.HistoryWindow(1_000, timedelta(days=7)),
             backoff_cap=settings.outbox_backoff_cap,
         )
 

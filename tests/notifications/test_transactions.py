@@ -18,6 +18,8 @@ from realtime_notifications.unit_of_work import Transactions, UnitOfWork, UserNo
 
 pytestmark = pytest.mark.integration
 
+EPOCH = "test-epoch"
+
 
 @pytest.fixture
 async def sqlite(tmp_path: Path) -> AsyncIterator[Database]:
@@ -36,7 +38,7 @@ def _titles(conn: Connection) -> list[str]:
 
 
 async def test_writes_commit_in_the_order_they_were_asked_for(sqlite: Database) -> None:
-    tx = Transactions(sqlite, lambda: None)
+    tx = Transactions(sqlite, lambda: None, epoch=EPOCH)
 
     def add(title: str) -> None:
         async def write() -> None:
@@ -56,7 +58,7 @@ async def test_a_running_write_whose_caller_is_cancelled_commits_and_wakes_the_r
     sqlite: Database,
 ) -> None:
     woken = asyncio.Event()
-    tx = Transactions(sqlite, woken.set)
+    tx = Transactions(sqlite, woken.set, epoch=EPOCH)
     running, release = threading.Event(), threading.Event()
 
     def body(uow: UnitOfWork) -> None:
@@ -97,7 +99,7 @@ async def test_a_queued_write_whose_caller_is_cancelled_never_runs(
 
     loop = asyncio.get_running_loop()
     monkeypatch.setattr(sqlite._writer, "submit", submit_and_tell)
-    tx = Transactions(sqlite, lambda: None)
+    tx = Transactions(sqlite, lambda: None, epoch=EPOCH)
     release = threading.Event()
     blocker = asyncio.ensure_future(sqlite.write(lambda _conn: release.wait(10)))
     caller = asyncio.ensure_future(tx.write(lambda uow: uow.notifications.add(_new("gone"))))
@@ -122,7 +124,7 @@ async def test_a_write_that_raises_leaves_nothing_behind_on_either_database(
         await api.migrate()
 
         def half_done(conn: Connection) -> None:
-            UnitOfWork(conn).notifications.add(_new("half"))
+            UnitOfWork(conn, EPOCH).notifications.add(_new("half"))
             raise RuntimeError("the rest of the transaction failed")
 
         for database in (api, relay):
@@ -142,7 +144,7 @@ async def test_an_event_without_its_users_lock_is_refused_and_nothing_commits(
     database = open_database(database_url)
     try:
         await database.migrate()
-        tx = Transactions(database, lambda: None)
+        tx = Transactions(database, lambda: None, epoch=EPOCH)
 
         def unlocked(uow: UnitOfWork) -> None:
             n = _new("unlocked")

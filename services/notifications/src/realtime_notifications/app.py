@@ -16,6 +16,7 @@ from realtime_notifications import __version__, api, db, errors, outbox
 from realtime_notifications.body_limit import BodyLimit
 from realtime_notifications.broker import EventPublisher, RabbitEventPublisher, asyncapi_document
 from realtime_notifications.metrics import Metrics, RequestMetrics
+from realtime_notifications.models import positions
 from realtime_notifications.relay import OutboxRelay
 from realtime_notifications.services import NotificationService
 from realtime_notifications.settings import NotificationsSettings
@@ -49,6 +50,8 @@ def create_app(
         relay_database = database.for_relay()
         try:
             await database.migrate()
+            # Read once: only a new database (or a deleted row) changes it.
+            epoch = await database.write(positions.create_epoch)
             relay = OutboxRelay(
                 relay_database,
                 events,
@@ -57,12 +60,16 @@ def create_app(
                 batch_size=settings.outbox_batch_size,
                 batch_per_user=settings.outbox_batch_per_user,
                 retention=timedelta(seconds=settings.outbox_retention_seconds),
+                history=outbox.HistoryWindow(
+                    settings.history_max_events_per_user,
+                    timedelta(seconds=settings.history_min_age_seconds),
+                ),
                 backoff_cap=settings.outbox_backoff_cap,
             )
             app.state.database = database
             app.state.publisher = events
             app.state.relay = relay
-            app.state.service = NotificationService(Transactions(database, relay.wake))
+            app.state.service = NotificationService(Transactions(database, relay.wake, epoch=epoch))
             relay.start()
             try:
                 yield

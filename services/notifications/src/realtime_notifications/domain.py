@@ -140,8 +140,14 @@ class Event:
     def routing_key(self) -> str:
         return user_key(STREAM, self.user_id)
 
-    def envelope(self) -> Envelope:
-        meta = {"event_id": self.id, "occurred_at": isoformat(self.occurred_at)}
+    def envelope(self, seq: int, epoch: str) -> Envelope:
+        """As published: `seq` and `epoch` are its position in the user's numbered events."""
+        meta = {
+            "event_id": self.id,
+            "occurred_at": isoformat(self.occurred_at),
+            "seq": seq,
+            "epoch": epoch,
+        }
         return Envelope(STREAM, str(self.name), self.data, meta)
 
 

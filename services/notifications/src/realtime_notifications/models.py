@@ -1,4 +1,5 @@
-"""The database tables (SQLAlchemy Core): notifications, the outbox, idempotency keys.
+"""The database tables (SQLAlchemy Core): notifications, the outbox, idempotency keys, and
+the per-user event numbering (`positions`: counters and the epoch, from realtime_shared).
 
 The Alembic migrations in `migrations/versions` create exactly these; a test
 compares them, so a change here without a migration fails CI.
@@ -7,6 +8,8 @@ compares them, so a change here without a migration fails CI.
 from __future__ import annotations
 
 import sqlalchemy as sa
+
+from realtime_shared.positions import Positions
 
 metadata = sa.MetaData(
     naming_convention={
@@ -53,6 +56,8 @@ outbox = sa.Table(
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.Column("created_at", Moment, nullable=False),
     sa.Column("sent_at", Moment, nullable=True),
+    # The event's `meta.seq`: 1, 2, 3... per user, taken in the same transaction.
+    sa.Column("seq", sa.BigInteger, nullable=False),
     # Pending rows are few and hot; a partial index keeps the relay's scans small.
     sa.Index(
         "ix_outbox_pending",
@@ -62,6 +67,9 @@ outbox = sa.Table(
         sqlite_where=sa.text("sent_at IS NULL"),
     ),
     sa.Index(None, "sent_at"),
+    # History requests ("alice's events after seq 41") are range scans; unique, so a
+    # numbering fault fails the write instead of breaking every client's recovery.
+    sa.Index(None, "user_id", "seq", unique=True),
 )
 
 idempotency_keys = sa.Table(
@@ -73,3 +81,6 @@ idempotency_keys = sa.Table(
     sa.Column("created_at", Moment, nullable=False),
     sa.Index(None, "created_at"),
 )
+
+positions = Positions(metadata)
+"""`stream_positions` (the last seq per user id) and `stream_epoch` (this database's epoch)."""

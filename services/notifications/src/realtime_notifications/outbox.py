@@ -16,6 +16,11 @@ user's writes never overlap: every writing transaction first takes that
 user's transaction-scoped lock (`lock_user`). A batch takes at most
 `per_user` rows of each user, so one user's backlog cannot fill it and hold
 every other user's events back.
+
+Each event is numbered in its transaction (`add`): `meta.seq` 1, 2, 3... per
+user (`realtime_shared.positions`), `meta.epoch` this database's epoch. Sent
+rows stay as the user's history (`history`) while they are among the user's
+last events or young enough (`prune` deletes the rest, a batch at a time).
 """
 
 from __future__ import annotations
@@ -23,13 +28,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from realtime_notifications.domain import Event, utcnow
-from realtime_notifications.models import outbox
+from realtime_notifications.models import outbox, positions
+from realtime_shared.history import Page
+from realtime_shared.positions import lock_key
 
 USER_LOCK_NAMESPACE = 0x6F757462  # "outb": first key of pg_try_advisory_lock(int, int)
 WRITE_LOCK_NAMESPACE = 0x77726974  # "writ": a user's writers, apart from the relays' locks
@@ -53,42 +62,49 @@ class PendingEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryWindow:
+    """Sent events kept as history: each user's last `max_events`, and every event younger
+    than `min_age` however many (an event stays while either holds)."""
+
+    max_events: int
+    min_age: timedelta
+
+
+@dataclass(frozen=True, slots=True)
 class Backlog:
     size: int
     oldest: datetime | None
 
 
-def add(conn: Connection, event: Event) -> None:
+def add(conn: Connection, event: Event, epoch: str) -> int:
+    """Number `event` (the user's next seq) and queue it, in `conn`'s transaction; its seq.
+
+    The caller holds the user's lock (`lock_user`), so seqs follow commit order as ids do.
+    """
+    seq = positions.next_seq(conn, event.user_id)
     conn.execute(
         _INSERT,
         {
             "event_id": event.id,
             "user_id": event.user_id,
             "routing_key": event.routing_key,
-            "body": event.envelope().to_bytes(),
+            "body": event.envelope(seq, epoch).to_bytes(),
             "created_at": event.occurred_at,
+            "seq": seq,
         },
     )
+    return seq
 
 
 def lock_user(conn: Connection, user_id: str) -> None:
     """Make this transaction the only writer of `user_id`'s rows until it ends.
 
     Taken first in every transaction that writes a user's notifications or events: a
-    second writer waits here, before it reads anything or takes an outbox id, so ids
-    (and what each transaction read) follow commit order. A transaction lock: commit
-    or rollback releases it, nothing can leak. SQLite's writes are serial already.
+    second writer waits here, before it reads anything or takes an outbox id or seq, so
+    ids, seqs (and what each transaction read) follow commit order. A transaction lock:
+    commit or rollback releases it, nothing can leak. SQLite's writes are serial already.
     """
-    if takes_locks(conn.dialect.name):
-        conn.execute(_LOCK_USER, {"namespace": WRITE_LOCK_NAMESPACE, "user_id": user_id})
-
-
-_LOCK_USER = sa.select(
-    sa.func.pg_advisory_xact_lock(
-        sa.bindparam("namespace", type_=sa.Integer),
-        sa.func.hashtext(sa.bindparam("user_id", type_=sa.Text)),
-    )
-)
+    lock_key(conn, user_id, namespace=WRITE_LOCK_NAMESPACE)
 
 
 _PENDING_COLUMNS = (
@@ -163,8 +179,60 @@ def mark_sent(conn: Connection, ids: Sequence[int], now: datetime | None = None)
     conn.execute(_MARK_SENT, {"ids": list(ids), "now": now or utcnow()})
 
 
-def prune(conn: Connection, before: datetime) -> int:
-    result = conn.execute(outbox.delete().where(outbox.c.sent_at < before))
+def history(conn: Connection, user_id: str, after: int, limit: int, epoch: str) -> Page:
+    """`user_id`'s stored events after seq `after` (at most `limit`), and their last seq.
+
+    The last seq is read first and bounds the rows, so an event committed in between is
+    left for the live stream instead of making the page look incomplete. `meta.seq` and
+    `meta.epoch` are set from the row and `epoch`: rows sent before events were numbered
+    lack them in their bodies.
+    """
+    last = positions.last_seq(conn, user_id)
+    if limit <= 0 or last <= after:
+        return Page([], last)
+    rows = conn.execute(
+        _HISTORY, {"user_id": user_id, "after": after, "last": last, "limit": limit}
+    )
+    return Page([_stamped(body, seq, epoch) for seq, body in rows], last)
+
+
+_HISTORY = (
+    sa.select(outbox.c.seq, outbox.c.body)
+    .where(
+        outbox.c.user_id == sa.bindparam("user_id"),
+        outbox.c.seq > sa.bindparam("after"),
+        outbox.c.seq <= sa.bindparam("last"),
+    )
+    .order_by(outbox.c.seq)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+
+
+def _stamped(body: bytes, seq: int, epoch: str) -> dict[str, Any]:
+    envelope: dict[str, Any] = orjson.loads(body)
+    envelope.setdefault("meta", {}).update(seq=seq, epoch=epoch)
+    return envelope
+
+
+def prune(conn: Connection, before: datetime, keep_last: int, limit: int) -> int:
+    """Delete at most `limit` rows sent before `before` that are not among their user's
+    last `keep_last` events (the history window); how many it deleted.
+
+    It starts from the counters, so only users with more than `keep_last` events are
+    visited, each through its (user_id, seq) index, however many rows the others keep.
+    """
+    counters = positions.counters
+    doomed = (
+        sa.select(outbox.c.id)
+        .select_from(counters.join(outbox, outbox.c.user_id == counters.c.key))
+        .where(
+            counters.c.seq > keep_last,
+            outbox.c.seq <= counters.c.seq - keep_last,
+            outbox.c.sent_at < before,
+        )
+        .limit(limit)
+    )
+    result = conn.execute(outbox.delete().where(outbox.c.id.in_(doomed)))
     return result.rowcount
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import defaultdict
 from datetime import timedelta
@@ -40,7 +41,13 @@ STOP_TIMEOUT = 5.0
 """Seconds a stopping relay may spend finishing its batch before it is cancelled."""
 
 PRUNE_INTERVAL = 60.0
-"""Seconds between deletions of sent rows (and idempotency keys) older than the retention."""
+"""Seconds between passes that delete sent rows outside the history window (and idempotency
+keys older than the retention)."""
+
+PRUNE_BATCH = 1_000
+"""Rows deleted per statement, one statement per relay round: each holds SQLite's writer a
+few ms, so API writes and the relay's publishing go on between them while a big backlog
+of old rows (after an upgrade, a long outage) is cleared."""
 
 RESTART_DELAY = 1.0
 """Seconds before a crashed relay runs again, doubled after each crash in a row: a crash is a
@@ -62,6 +69,7 @@ class OutboxRelay:
         batch_size: int,
         batch_per_user: int,
         retention: timedelta,
+        history: outbox.HistoryWindow,
         backoff_cap: float,
     ) -> None:
         self._database = database
@@ -71,11 +79,14 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._batch_per_user = batch_per_user
         self._retention = retention
+        self._history = history
         self._backoff_cap = backoff_cap
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._last_prune = 0.0
+        self._last_prune = -math.inf  # the first round prunes
+        self._pruning = False
+        self._pruned = (0, 0)
         self._running = False
 
     def wake(self) -> None:
@@ -237,19 +248,34 @@ class OutboxRelay:
                 raise result
 
     async def _maybe_prune(self) -> None:
+        """A batch per round while a pass has more to delete, else a pass per interval."""
         now = time.monotonic()
-        if now - self._last_prune < PRUNE_INTERVAL:
-            return
-        self._last_prune = now
-        before = utcnow() - self._retention
+        if not self._pruning:
+            if now - self._last_prune < PRUNE_INTERVAL:
+                return
+            self._last_prune = now
+        events, keys = await self.prune()
+        self._pruning = max(events, keys) >= PRUNE_BATCH
+        self._pruned = (self._pruned[0] + events, self._pruned[1] + keys)
+        if not self._pruning and any(self._pruned):
+            log.info("pruned %d sent events and %d idempotency keys", *self._pruned)
+            self._pruned = (0, 0)
+
+    async def prune(self) -> tuple[int, int]:
+        """Delete a batch of sent events that are outside the history window and older than
+        the retention, and a batch of expired idempotency keys; how many of each."""
+        now = utcnow()
+        events_before = now - max(self._retention, self._history.min_age)
+        keys_before = now - self._retention  # a retry later than that is a new request
+        keep_last = self._history.max_events
 
         def prune(conn: Connection) -> tuple[int, int]:
-            # Idempotency keys share the retention: a retry later than that is a new request.
-            return outbox.prune(conn, before), IdempotencyRepository(conn).prune(before)
+            return (
+                outbox.prune(conn, events_before, keep_last, PRUNE_BATCH),
+                IdempotencyRepository(conn).prune(keys_before, PRUNE_BATCH),
+            )
 
-        pruned, keys = await self._database.write(prune)
-        if pruned or keys:
-            log.info("pruned %d sent events and %d idempotency keys", pruned, keys)
+        return await self._database.write(prune)
 
 
 def _is_our_cancellation(exc: BaseException) -> bool:

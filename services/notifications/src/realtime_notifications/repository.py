@@ -133,8 +133,13 @@ class IdempotencyRepository:
             {"caller": caller, "key": key, "response": response, "created_at": now},
         )
 
-    def prune(self, before: datetime) -> int:
-        result = self._conn.execute(
-            idempotency_keys.delete().where(idempotency_keys.c.created_at < before)
+    def prune(self, before: datetime, limit: int) -> int:
+        """Delete at most `limit` keys stored before `before`; how many it deleted."""
+        doomed = (
+            sa.select(idempotency_keys.c.caller, idempotency_keys.c.key)
+            .where(idempotency_keys.c.created_at < before)
+            .limit(limit)
         )
+        primary_key = sa.tuple_(idempotency_keys.c.caller, idempotency_keys.c.key)
+        result = self._conn.execute(idempotency_keys.delete().where(primary_key.in_(doomed)))
         return result.rowcount

@@ -171,6 +171,10 @@ class ErrorBody(BaseModel):
 class EventMeta(BaseModel):
     event_id: str = Field(description="unique per event: deduplicate on it")
     occurred_at: datetime
+    seq: int = Field(ge=1, description="1, 2, 3... per user, no gaps: recover after the last seen")
+    epoch: str = Field(
+        min_length=1, max_length=64, description="changes only when the numbering restarts"
+    )
 
 
 class NotificationData(BaseModel):

@@ -14,6 +14,16 @@ confirms (a few ms): short enough that a user with a backlog holds a batch brief
 users behind it go out in the same batch; long enough that a backlog costs one claim per
 20 events."""
 
+HISTORY_MAX_EVENTS_PER_USER = 1_000
+"""A client that was away recovers up to this many of its user's latest events (the edge
+asks for at most EDGE_RECOVERY_MAX, 500, by default); a user's events past it are kept
+only while younger than HISTORY_MIN_AGE_SECONDS."""
+
+HISTORY_MIN_AGE_SECONDS = 7 * 86_400.0
+"""A week: a laptop closed over a long weekend (or a holiday) still recovers every event it
+missed, whatever the count; older events are kept only as a user's last
+HISTORY_MAX_EVENTS_PER_USER."""
+
 DEV_CORS_ORIGIN_REGEX = r"^https?://(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d+)?$"
 """In --dev the demo page is served by the edge on another loopback port: allow any."""
 
@@ -41,7 +51,18 @@ class NotificationsSettings(RealtimeSettings):
     outbox_retention_seconds: float = Field(
         default=86_400.0,
         ge=0,
-        description="sent outbox rows are kept this long (for inspection), then pruned",
+        description="idempotency keys are kept this long, and sent outbox rows at least this "
+        "long (longer while they are in the history window)",
+    )
+    history_max_events_per_user: int = Field(
+        default=HISTORY_MAX_EVENTS_PER_USER,
+        ge=0,
+        description="sent events kept for recovery: each user's last this many...",
+    )
+    history_min_age_seconds: float = Field(
+        default=HISTORY_MIN_AGE_SECONDS,
+        ge=0,
+        description="...and every event younger than this, however many",
     )
     outbox_backoff_cap: float = Field(
         default=5.0, gt=0, description="longest wait between retries while RabbitMQ fails"

@@ -4,7 +4,7 @@ A use case writes its transaction as one plain function of a `UnitOfWork`;
 `Transactions` runs it on the database (see `db`) and wakes the relay after a
 commit that wrote events. Its first step is `lock_user` for the user whose
 rows it changes: one user's writes then run one after another, so their
-events are numbered, and published, in commit order.
+events are numbered (`meta.seq`), and published, in commit order.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ class UserNotLocked(RuntimeError):
 
 
 class UnitOfWork:
-    """The repositories and the outbox, on one transaction's connection."""
+    """The repositories and the outbox, on one transaction's connection; `epoch` is the
+    database's, stamped on every event with its seq."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, epoch: str) -> None:
         self._conn = conn
+        self._epoch = epoch
         self.notifications = NotificationRepository(conn)
         self.idempotency = IdempotencyRepository(conn)
         self.events = 0
@@ -46,23 +48,27 @@ class UnitOfWork:
             self._locked.add(user_id)
 
     def publish(self, event: Event) -> None:
-        """Queue `event` in the outbox; it leaves only if this transaction commits."""
+        """Number `event` and queue it in the outbox; it leaves only if this transaction
+        commits (and its seq is given back if it does not)."""
         if event.user_id not in self._locked:
             raise UserNotLocked(f"lock_user({event.user_id!r}) must come before its events")
-        outbox.add(self._conn, event)
+        outbox.add(self._conn, event, self._epoch)
         self.events += 1
 
 
 class Transactions:
-    def __init__(self, database: Database, on_events_committed: Callable[[], None]) -> None:
+    def __init__(
+        self, database: Database, on_events_committed: Callable[[], None], *, epoch: str
+    ) -> None:
         self._database = database
         self._on_events_committed = on_events_committed
+        self._epoch = epoch
 
     async def write(self, body: Callable[[UnitOfWork], T]) -> T:
         """Run `body` in one transaction: committed if it returns, rolled back if it raises."""
 
         def work(conn: Connection) -> tuple[T, int]:
-            uow = UnitOfWork(conn)
+            uow = UnitOfWork(conn, self._epoch)
             return body(uow), uow.events
 
         try:
@@ -78,4 +84,4 @@ class Transactions:
 
     async def read(self, body: Callable[[UnitOfWork], T]) -> T:
         """Run `body`, which must only query."""
-        return await self._database.read(lambda conn: body(UnitOfWork(conn)))
+        return await self._database.read(lambda conn: body(UnitOfWork(conn, self._epoch)))
