@@ -1,10 +1,14 @@
 """Test support for the notifications service: a fake publisher, the app in-process, the process.
 
 - `FakePublisher`: the relay's `EventPublisher` port in memory (can be switched "down").
-- `running_app(settings, publisher=None)`: the app with its lifespan, and an httpx client.
+- `running_app(settings, publisher=None)`: the app with its lifespan, and an httpx client
+  (with a fake publisher, its history owner is a stand-in too: no RabbitMQ at all).
 - `notifications_process(amqp_url, exchange, database_url, **env)`: the real console script,
   started as a user would (dev mode, so the `make_token` fixture's tokens verify), yielding
   its base URL once `/readyz` answers 200.
+- `history_requester(amqp_url, queue)`: asks a history queue as the edge does.
+
+Both delete the test exchange's history queue when the service stops: it is durable.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,12 +29,16 @@ from typing import Any
 import aio_pika
 import aio_pika.abc
 import httpx
+import orjson
 
 from realtime_notifications.app import create_app
 from realtime_notifications.broker import BrokerUnavailable, EventPublisher
+from realtime_notifications.domain import STREAM
+from realtime_notifications.history import HistoryFactory, HistoryOwner
 from realtime_notifications.outbox import PendingEvent
 from realtime_notifications.settings import NotificationsSettings
 from realtime_shared.envelope import Envelope
+from realtime_shared.history import history_queue
 from realtime_shared.routing import user_key
 
 SCRIPT = Path(sys.executable).with_name("notifications-service")
@@ -96,15 +105,53 @@ class FakePublisher:
         return self.envelopes()[:count]
 
 
+class NoHistory:
+    """A stand-in history owner that is always ready and answers nothing: for tests whose
+    broker is a `FakePublisher` (no RabbitMQ to consume from)."""
+
+    def start(self) -> None:
+        pass
+
+    async def is_ready(self) -> bool:
+        return True
+
+    async def stop(self) -> None:
+        pass
+
+
+def no_history(_source: object) -> HistoryOwner:
+    return NoHistory()
+
+
 @asynccontextmanager
 async def running_app(
-    settings: NotificationsSettings, publisher: EventPublisher | None = None
+    settings: NotificationsSettings,
+    publisher: EventPublisher | None = None,
+    history: HistoryFactory | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, publisher=publisher)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://notifications") as c:
-            yield c
+    """The app in-process. With a fake `publisher` and no `history`, the history owner is
+    faked too: the app then needs no RabbitMQ at all."""
+    real_history = publisher is None and history is None
+    if publisher is not None and history is None:
+        history = no_history
+    app = create_app(settings, publisher=publisher, history=history)
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://notifications") as c:
+                yield c
+    finally:
+        if real_history:
+            await delete_history_queue(settings.amqp_url, settings.realtime_exchange)
+
+
+async def delete_history_queue(amqp_url: str, exchange: str) -> None:
+    """The history queue is durable and outlives the service: the shared broker must not
+    collect one per test."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(history_queue(exchange, STREAM))
 
 
 async def metric(client: httpx.AsyncClient, line_prefix: str) -> float | None:
@@ -233,6 +280,61 @@ async def notifications_process(
         yield base_url
     finally:
         await asyncio.to_thread(stop_process, process)
+        await delete_history_queue(amqp_url, exchange)
+
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+class HistoryRequester:
+    """Asks for history as the edge does: a request to the history queue through the default
+    exchange, the answer on RabbitMQ's direct reply-to, matched by correlation id."""
+
+    def __init__(self, channel: aio_pika.abc.AbstractChannel, queue: str) -> None:
+        self.channel = channel
+        self.queue = queue
+        self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.answers: list[str] = []
+        """Correlation ids of every answer received, in order (duplicates included)."""
+
+    async def listen(self) -> None:
+        replies = await self.channel.declare_queue(DIRECT_REPLY_TO, passive=True)
+        await replies.consume(self._on_reply, no_ack=True)
+
+    async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self.answers.append(message.correlation_id or "")
+        future = self.waiting.get(message.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_result(orjson.loads(message.body))
+
+    async def ask(
+        self, user_id: str = "alice", *, epoch: str, after: int, limit: int = 100
+    ) -> dict[str, Any]:
+        """The answer to one request (fails after 10 s without one)."""
+        correlation_id = uuid.uuid4().hex
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiting[correlation_id] = future
+        body = {"user_id": user_id, "epoch": epoch, "after": after, "limit": limit}
+        await self.channel.default_exchange.publish(
+            aio_pika.Message(
+                orjson.dumps(body),
+                content_type="application/json",
+                reply_to=DIRECT_REPLY_TO,
+                correlation_id=correlation_id,
+            ),
+            routing_key=self.queue,
+        )
+        async with asyncio.timeout(10):
+            return await future
+
+
+@asynccontextmanager
+async def history_requester(amqp_url: str, queue: str) -> AsyncIterator[HistoryRequester]:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        requester = HistoryRequester(await connection.channel(), queue)
+        await requester.listen()
+        yield requester
 
 
 class EventQueue:

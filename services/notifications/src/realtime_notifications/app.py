@@ -15,6 +15,7 @@ from starlette.responses import Response
 from realtime_notifications import __version__, api, db, errors, outbox
 from realtime_notifications.body_limit import BodyLimit
 from realtime_notifications.broker import EventPublisher, RabbitEventPublisher, asyncapi_document
+from realtime_notifications.history import HistoryFactory, OutboxHistory, responder
 from realtime_notifications.metrics import Metrics, RequestMetrics
 from realtime_notifications.models import positions
 from realtime_notifications.relay import OutboxRelay
@@ -32,9 +33,13 @@ DOC_PAGES = ("/docs", "/docs/oauth2-redirect", "/redoc")
 
 
 def create_app(
-    settings: NotificationsSettings, *, publisher: EventPublisher | None = None
+    settings: NotificationsSettings,
+    *,
+    publisher: EventPublisher | None = None,
+    history: HistoryFactory | None = None,
 ) -> FastAPI:
-    """Build the app; nothing connects until the lifespan starts. `publisher` is for tests."""
+    """Build the app; nothing connects until the lifespan starts. `publisher` and `history`
+    are for tests."""
     # A bad key config fails here, not later. Producers send one token per request, often
     # the same one: a verified token is remembered (until its `exp`) instead of re-checked.
     verifier = TokenVerifier.from_settings(settings, cache_size=VERIFIED_TOKENS)
@@ -43,6 +48,7 @@ def create_app(
         settings.amqp_url, settings.realtime_exchange, publish_timeout=settings.publish_timeout
     )
     events: EventPublisher = publisher or rabbit
+    history_owner = history or responder(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,14 +72,18 @@ def create_app(
                 ),
                 backoff_cap=settings.outbox_backoff_cap,
             )
+            owner = history_owner(OutboxHistory(database, epoch))
             app.state.database = database
             app.state.publisher = events
             app.state.relay = relay
+            app.state.history = owner
             app.state.service = NotificationService(Transactions(database, relay.wake, epoch=epoch))
             relay.start()
+            owner.start()
             try:
                 yield
             finally:
+                await owner.stop()
                 await relay.stop()
                 await events.close()
         finally:
@@ -109,6 +119,8 @@ def create_app(
             problems.append("broker: not connected")
         if not request.app.state.relay.running:
             problems.append("outbox relay stopped")
+        if not await request.app.state.history.is_ready():
+            problems.append("history: not consuming its queue")
         if problems:
             return errors.error_response(503, "; ".join(problems))
         return api.json({"status": "ready"})

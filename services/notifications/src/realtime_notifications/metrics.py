@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from realtime_notifications.outbox import Backlog
+from realtime_shared.history import Outcome
 
 
 class Metrics:
@@ -51,6 +52,31 @@ class Metrics:
             "Relay attempts that failed (broker or database errors); each is retried",
             registry=self.registry,
         )
+
+        self.history_requests = Counter(
+            "notifications_history_requests",
+            "History requests handled, by outcome: complete, incomplete (other epoch, history "
+            "trimmed, more than the limit), failed (database or broker), malformed (unanswered)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in Outcome:
+            self.history_requests.labels(outcome.value)  # every outcome shows, at 0
+        self.history_latency = Histogram(
+            "notifications_history_request_duration_seconds",
+            "Time from taking a history request to publishing its answer",
+            registry=self.registry,
+        )
+        self.history_messages = Counter(
+            "notifications_history_messages_returned",
+            "Events sent back in history answers",
+            registry=self.registry,
+        )
+
+    def observe_history(self, outcome: Outcome, seconds: float, messages: int) -> None:
+        self.history_requests.labels(outcome.value).inc()
+        self.history_latency.observe(seconds)
+        self.history_messages.inc(messages)
 
     def observe_backlog(self, backlog: Backlog) -> None:
         self.backlog.set(backlog.size)
