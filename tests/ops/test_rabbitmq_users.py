@@ -204,7 +204,9 @@ async def test_only_the_services_and_the_operator_log_in(stack: Stack) -> None:
     assert tags == {"admin": ["administrator"], edge.username: [], api.username: []}
 
 
-async def test_the_real_services_deliver_with_only_their_own_users(stack: Stack) -> None:
+async def test_the_real_services_deliver_and_recover_with_only_their_own_users(
+    stack: Stack,
+) -> None:
     secret = (stack.secrets / "jwt_secret").read_text()
     common = {"JWT_SECRET": secret, "LOG_FORMAT": "json", "FORWARDED_ALLOW_IPS": "*"}
     edge_port, api_port = free_port(), free_port()
@@ -228,22 +230,46 @@ async def test_the_real_services_deliver_with_only_their_own_users(stack: Stack)
 
         alice = issue_token("alice", secret, ttl=300)
         ops = issue_token("ops", secret, ttl=300, permissions=["notification.manage"])
-        async with (
-            connect(f"ws://127.0.0.1:{edge_port}/ws?token={alice}") as ws,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10) as client,
-        ):
-            async with asyncio.timeout(10):
+        ws_url = f"ws://127.0.0.1:{edge_port}/ws?token={alice}"
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{api_port}",
+            headers={"Authorization": f"Bearer {ops}"},
+            timeout=10,
+        ) as client:
+            async with connect(ws_url) as ws, asyncio.timeout(10):
                 assert json.loads(await ws.recv())["event"] == "connected"
-                created = await client.post(
-                    "/api/notifications",
-                    headers={"Authorization": f"Bearer {ops}"},
-                    json={"user_id": "alice", "type": "users-test", "title": "hello"},
-                )
-                assert created.status_code == 201, created.text
-                frame = json.loads(await ws.recv())
+                for title in ("one", "two"):
+                    created = await client.post("/api/notifications", json=notification(title))
+                    assert created.status_code == 201, created.text
+                live = [json.loads(await ws.recv()) for _ in range(2)]
+            # Back after seeing only "one": the edge asks the history owner through the
+            # default exchange, notifications answers through it to the edge's reply-to.
+            seen = live[0]["meta"]
+            async with connect(ws_url) as ws, asyncio.timeout(10):
+                assert json.loads(await ws.recv())["event"] == "connected"
+                await ws.send(json.dumps(recover(seen["epoch"], seen["seq"])))
+                replayed = []
+                while (frame := json.loads(await ws.recv()))["event"] != "subscribed":
+                    replayed.append(frame)
 
-    assert frame["event"] == "notification.created"
-    assert frame["data"]["notification"]["title"] == "hello"
+    assert [frame["event"] for frame in live] == ["notification.created"] * 2
+    assert [frame["data"]["notification"]["title"] for frame in live] == ["one", "two"]
+    assert frame["data"]["recovered"] == {"notifications": True}
+    assert [(f["data"]["notification"]["title"], f["meta"]["seq"]) for f in replayed] == [
+        ("two", seen["seq"] + 1)
+    ]
+
+
+def notification(title: str) -> dict[str, str]:
+    return {"user_id": "alice", "type": "users-test", "title": title}
+
+
+def recover(epoch: str, seq: int) -> dict[str, object]:
+    return {
+        "action": "subscribe",
+        "streams": ["notifications"],
+        "recover": {"notifications": {"epoch": epoch, "seq": seq}},
+    }
 
 
 async def test_a_changed_password_applies_at_the_next_broker_restart(stack: Stack) -> None:
