@@ -40,6 +40,7 @@ from realtime_notifications.settings import NotificationsSettings
 from realtime_shared.envelope import Envelope
 from realtime_shared.history import history_queue
 from realtime_shared.routing import user_key
+from support.edge import SCRUBBED_ENV
 
 SCRIPT = Path(sys.executable).with_name("notifications-service")
 
@@ -212,7 +213,8 @@ def start_process(
         "OUTBOX_BACKOFF_CAP": "0.5",
         **env,
     }
-    environ.pop("JWT_SECRET", None)  # dev mode's key is what make_token signs with
+    for name in SCRUBBED_ENV:  # dev mode's key is what make_token signs with
+        environ.pop(name, None)
     with log_path.open("wb") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [
