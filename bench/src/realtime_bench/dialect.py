@@ -65,7 +65,7 @@ class FloorDialect:
 
 
 class EdgeDialect:
-    """ws-edge: subscribed once the `connected` frame arrives (CONTRACT.md)."""
+    """ws-edge: subscribed once the `connected` frame arrives (docs/protocol.md)."""
 
     name = "ws-edge"
 
