@@ -4,7 +4,10 @@
 # it), Debian's docker-compose (`docker-compose config`) and promtool from Debian's
 # prometheus (alert rules, their unit tests, the dashboard's queries), and dclint from npm
 # (compose.yaml against today's compose-spec schema). hadolint comes from PyPI with the dev
-# group. Idempotent: does nothing when all are there.
+# group. The RabbitMQ and PostgreSQL tests also run Debian's `rabbitmq-server` (a node of
+# their own for the broker's users and definitions) and `psql` (the roles script), even
+# where the broker and database the other tests use run elsewhere.
+# Idempotent: does nothing when all are there.
 set -euo pipefail
 
 DCLINT_VERSION=3.1.0
@@ -19,6 +22,8 @@ missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
