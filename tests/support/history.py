@@ -127,7 +127,9 @@ class ScriptedOwner:
                 missed = [e for e in kept if e["meta"]["seq"] > after]
                 messages = missed[:limit]
                 reaches_back = after + 1 >= self.trim_before or after >= len(entries)
-                complete = reaches_back and len(messages) == len(missed)
+                # A position past the last seq was never in this history (a restore).
+                known = after <= len(entries)
+                complete = known and reaches_back and len(messages) == len(missed)
             body = {"epoch": self.epoch, "messages": messages, "complete": complete}
             assert self._channel is not None and message.reply_to is not None
             await self._channel.default_exchange.publish(
