@@ -88,6 +88,10 @@ export interface RealtimeOptions {
   storage?: Pick<Storage, "getItem" | "setItem" | "removeItem"> | null;
   recoveryTimeout?: number;
   recoveryBuffer?: number;
+  /** Milliseconds a `publish` waits for the edge's answer before rejecting with TIMEOUT (10 s). */
+  publishTimeout?: number;
+  /** Larger `publish` frames are refused with TOO_LARGE instead of being sent (65536). */
+  maxFrameBytes?: number;
   backoffBase?: number;
   backoffCap?: number;
   stableAfter?: number;
@@ -106,9 +110,65 @@ export interface RealtimeOptions {
 export declare const CloseCode: Readonly<{
   NORMAL: 1000;
   GOING_AWAY: 1001;
+  /** Sent by the edge at the token's `exp`: the client gets a new token, then reconnects. */
   TOKEN_EXPIRED: 4001;
+  /** Used by the client when it drops a socket that stopped answering pings. */
   NO_PONG: 4000;
+  /** The edge refused the client on purpose: the client stops (state "closed"), no retry. */
+  POLICY_VIOLATION: 1008;
+  /** A client frame was over the edge's limit: the client stops, a retry would repeat it. */
+  MESSAGE_TOO_BIG: 1009;
 }>;
+
+/**
+ * `code` of a rejected `publish`. The edge's refusals and NOT_CONNECTED / TOO_LARGE mean
+ * nothing was published; DISCONNECTED and TIMEOUT mean it may or may not have been.
+ */
+export type PublishErrorCode =
+  /** Not an interactive stream, not held, or not in the token's `publish` claim. */
+  | "FORBIDDEN"
+  /** The connection's token bucket is empty: retry later, with backoff. */
+  | "RATE_LIMITED"
+  /** No backend consumes this stream right now. */
+  | "NO_HANDLER"
+  /** The edge could not reach RabbitMQ: retry with backoff. */
+  | "UNAVAILABLE"
+  /** `event`, `data` or `sessionId` of the wrong shape. */
+  | "INVALID_FRAME"
+  /** Not sent: the client is not connected. */
+  | "NOT_CONNECTED"
+  /** Not sent: the frame is over `maxFrameBytes`. */
+  | "TOO_LARGE"
+  /** Sent, then the socket dropped (or `close()`) before the answer: fate unknown. */
+  | "DISCONNECTED"
+  /** Sent, and no answer within the timeout: fate unknown. */
+  | "TIMEOUT";
+
+export declare const PublishErrorCode: Readonly<{ [C in PublishErrorCode]: C }>;
+
+/** What a `publish` Promise rejects with. */
+export interface PublishFailure extends Error {
+  code: PublishErrorCode;
+  /** The frame's id (absent for NOT_CONNECTED: nothing was built). */
+  id?: string;
+}
+
+export interface PublishOptions {
+  /** Lands in the message's `meta.session_id`: which remote session (a terminal) it is for. */
+  sessionId?: string;
+  /** Milliseconds to wait for the edge's answer (`publishTimeout`, 10 s). */
+  timeout?: number;
+}
+
+export interface PublishResult {
+  /** The id RabbitMQ has the message under (the backend sees it as `meta.message_id`). */
+  messageId: string;
+}
+
+export interface ListenerOptions {
+  /** Only frames whose `meta.session_id` is this id (one remote session of several). */
+  sessionId?: string;
+}
 
 export declare const State: Readonly<{ CONNECTING: "connecting"; OPEN: "open"; CLOSED: "closed" }>;
 
@@ -124,6 +184,8 @@ export declare const DEFAULTS: Readonly<Required<
     | "refreshMargin"
     | "recoveryTimeout"
     | "recoveryBuffer"
+    | "publishTimeout"
+    | "maxFrameBytes"
   >
 >>;
 
@@ -151,12 +213,26 @@ export declare class RealtimeClient {
   /** Resolves with all streams held; rejects with `error.rejected` if the edge refused some. */
   subscribe(streams: string | string[]): Promise<string[]>;
   unsubscribe(streams: string | string[]): Promise<string[]>;
-  /** "*" matches any stream or event. Returns a function that removes the listener. */
+  /**
+   * "*" matches any stream or event; `{sessionId}` keeps only frames of that `meta.session_id`.
+   * Returns a function that removes the listener.
+   */
   on<T = Record<string, unknown>, M = Record<string, unknown>>(
     stream: string,
     event: string,
     listener: (message: RealtimeMessage<T, M>) => void,
+    options?: ListenerOptions,
   ): () => void;
+  /**
+   * Send on an interactive stream the connection holds. Resolves once RabbitMQ has it in a
+   * backend's queue; rejects with a `PublishFailure` (see `PublishErrorCode`).
+   */
+  publish<T = Record<string, unknown>>(
+    stream: string,
+    event: string,
+    data?: T,
+    options?: PublishOptions,
+  ): Promise<PublishResult>;
   onState(listener: (state: ConnectionState, detail: StateDetail) => void): () => void;
   /** Refetch the listed streams: they have no position, their recovery failed, or their epoch changed. */
   onResync(listener: (info: ResyncInfo) => void): () => void;

@@ -14,6 +14,12 @@
 // the last (epoch, seq) of each, and after a reconnect, a `resync` or a skipped seq it asks
 // the edge for what it missed instead of telling the app to refetch. `onResync` fires only
 // when that is impossible or failed; `onRecovery` reports every recovery.
+//
+// On interactive streams (chat, ssh, rdp) the app sends too: `publish` resolves once RabbitMQ
+// has the message for a backend, and `on(..., {sessionId})` hears only one remote session:
+//
+//   const { messageId } = await rt.publish("chat", "message.send", { to: "bob", text: "hi" });
+//   rt.on("ssh", "output", (msg) => term.write(msg.data.text), { sessionId: "t1" });
 
 /** Close codes the client acts on (the edge's are in docs/clients.md). */
 export const CloseCode = Object.freeze({
@@ -60,6 +66,43 @@ export const DEFAULTS = Object.freeze({
    * recovery counts as failed (the app refetches) rather than memory growing.
    */
   recoveryBuffer: 1_000,
+  /**
+   * Wait this long for the edge's answer to a `publish` (the edge gives up on RabbitMQ's
+   * confirm after 5 s): a lost reply must not leave the app's Promise pending for good.
+   */
+  publishTimeout: 10_000,
+  /**
+   * The edge's EDGE_MAX_FRAME_BYTES default. A bigger frame makes the edge close with 1009,
+   * which is terminal: `publish` refuses it instead (TOO_LARGE), so one oversized paste
+   * does not end the connection. Set it to the edge's value if that was changed.
+   */
+  maxFrameBytes: 65_536,
+});
+
+/**
+ * `error.code` of a rejected `publish`. The edge's refusals (never published) come from its
+ * `error` frame; the others are the client's own. Only DISCONNECTED and TIMEOUT leave the
+ * message's fate unknown.
+ */
+export const PublishErrorCode = Object.freeze({
+  /** Not an interactive stream, not held, or not in the token's `publish` claim. */
+  FORBIDDEN: "FORBIDDEN",
+  /** The connection's token bucket is empty: retry later, with backoff. */
+  RATE_LIMITED: "RATE_LIMITED",
+  /** No backend consumes this stream right now. */
+  NO_HANDLER: "NO_HANDLER",
+  /** The edge could not reach RabbitMQ: retry with backoff. */
+  UNAVAILABLE: "UNAVAILABLE",
+  /** `event`, `data` or `sessionId` of the wrong shape: a bug, retrying repeats it. */
+  INVALID_FRAME: "INVALID_FRAME",
+  /** Not sent: the client is not connected (state is not "open"). */
+  NOT_CONNECTED: "NOT_CONNECTED",
+  /** Not sent: the frame is over `maxFrameBytes`. */
+  TOO_LARGE: "TOO_LARGE",
+  /** Sent, then the socket dropped before the answer: it may or may not have been published. */
+  DISCONNECTED: "DISCONNECTED",
+  /** Sent, and no answer within the timeout: it may or may not have been published. */
+  TIMEOUT: "TIMEOUT",
 });
 
 /** sessionStorage key listing the position entries (most recent first), so they stay bounded. */
@@ -72,6 +115,7 @@ const STORAGE_STREAMS = 32;
 const MAX_EPOCH_CHARS = 64;
 
 const SOCKET_OPEN = 1;
+const utf8 = new TextEncoder();
 const MAX_TIMER_MS = 2_147_483_647; // setTimeout fires at once beyond a signed 32-bit delay
 
 /**
@@ -334,6 +378,8 @@ export class RealtimeClient {
   #userId = null;
   #storage;
   #storageKey = null;
+  #publishes = new Map(); // frame id -> {resolve, reject, timer} of publishes awaiting the edge
+  #publishCount = 0;
 
   /**
    * @param {object} options
@@ -431,18 +477,65 @@ export class RealtimeClient {
   }
 
   /**
-   * Call `listener(message)` for frames of `stream` and `event` ("*" matches any).
+   * Call `listener(message)` for frames of `stream` and `event` ("*" matches any). With
+   * `{sessionId}`, only for frames whose `meta.session_id` is that id (one remote session,
+   * e.g. one terminal, of several on a stream); without it, for every frame.
    * Returns a function that removes the listener.
    */
-  on(stream, event, listener) {
+  on(stream, event, listener, { sessionId } = {}) {
     const key = `${stream}\u0000${event}`;
+    const entry =
+      sessionId === undefined ? listener : (msg) => msg.meta?.session_id === sessionId && listener(msg);
     if (!this.#listeners.has(key)) this.#listeners.set(key, new Set());
-    this.#listeners.get(key).add(listener);
+    this.#listeners.get(key).add(entry);
     return () => {
       const set = this.#listeners.get(key);
-      set?.delete(listener);
+      set?.delete(entry);
       if (set?.size === 0) this.#listeners.delete(key);
     };
+  }
+
+  /**
+   * Send a message to the backend of an interactive stream the connection holds. Resolves
+   * with `{messageId}` once RabbitMQ has it in a backend's queue (the edge's `published`).
+   * Rejects with an Error whose `code` is one of `PublishErrorCode`:
+   * - the edge's refusals (FORBIDDEN, RATE_LIMITED, NO_HANDLER, UNAVAILABLE, INVALID_FRAME)
+   *   and the client's own before sending (NOT_CONNECTED, TOO_LARGE): nothing was published;
+   * - DISCONNECTED (the socket dropped or `close()` was called before the answer) and TIMEOUT
+   *   (no answer within `timeout`, default `publishTimeout`): the message may or may not
+   *   have reached a backend. Nothing is re-sent after a reconnect; retry yourself, with an
+   *   id of your own in `data` if the backend must not see it twice.
+   * `sessionId` lands in the message's `meta.session_id`.
+   */
+  publish(stream, event, data, { sessionId, timeout } = {}) {
+    const fail = (code, message, id) =>
+      Promise.reject(Object.assign(new Error(`realtime: ${message}`), { code, id }));
+    if (this.#state !== State.OPEN || this.#ws?.readyState !== SOCKET_OPEN) {
+      return fail(PublishErrorCode.NOT_CONNECTED, "not connected; publish once the state is open");
+    }
+    const id = `p${(++this.#publishCount).toString(36)}`;
+    const frame = { action: "publish", stream, event, id };
+    if (data !== undefined) frame.data = data;
+    if (sessionId !== undefined) frame.session_id = sessionId;
+    const text = JSON.stringify(frame);
+    if (utf8.encode(text).length > this.#opts.maxFrameBytes) {
+      return fail(PublishErrorCode.TOO_LARGE, `the message is over ${this.#opts.maxFrameBytes} bytes`, id);
+    }
+    return new Promise((resolve, reject) => {
+      const ms = Math.min(timeout ?? this.#opts.publishTimeout, MAX_TIMER_MS);
+      const timer = this.#opts.setTimeout(
+        () => this.#settlePublish(id, PublishErrorCode.TIMEOUT, `no answer to publish ${id} within ${ms} ms`),
+        ms,
+      );
+      this.#publishes.set(id, { resolve, reject, timer });
+      try {
+        this.#ws.send(text);
+      } catch {
+        this.#settlePublish(id, PublishErrorCode.DISCONNECTED, `the socket refused publish ${id}`);
+        return;
+      }
+      this.#armIdlePing();
+    });
   }
 
   /** `listener(state, detail)` on every state change; detail has code/delay when reconnecting. */
@@ -668,12 +761,27 @@ export class RealtimeClient {
       case "token.expired":
         this.#needFreshToken = true;
         break;
+      case "published":
+        this.#settlePublish(data.id, null, data.message_id);
+        break;
       case "error":
-        this.#report(Object.assign(new Error(data.message ?? "realtime error"), { code: data.code }));
+        if (this.#publishes.has(data.id)) this.#settlePublish(data.id, data.code, data.message);
+        else this.#report(Object.assign(new Error(data.message ?? "realtime error"), { code: data.code }));
         break;
       default:
         break;
     }
+  }
+
+  // Settle the publish `id` (replies may come in any order): `code` null resolves with
+  // `detail` as the message id, anything else rejects with `detail` as the message.
+  #settlePublish(id, code, detail) {
+    const pending = this.#publishes.get(id);
+    if (!pending) return; // not ours, or already settled (timed out, disconnected)
+    this.#publishes.delete(id);
+    this.#opts.clearTimeout(pending.timer);
+    if (code === null) pending.resolve({ messageId: detail });
+    else pending.reject(Object.assign(new Error(`realtime: ${detail ?? code}`), { code, id }));
   }
 
   #setHeld(streams) {
@@ -777,6 +885,9 @@ export class RealtimeClient {
     for (const name of ["connect", "idle", "pong", "refresh"]) this.#clearTimer(name);
     for (const s of this.#positions.inflight) this.#clearTimer(`recovery:${s}`);
     this.#positions.abandon(); // held frames are recovered again from the unchanged positions
+    for (const id of [...this.#publishes.keys()]) {
+      this.#settlePublish(id, PublishErrorCode.DISCONNECTED, `the connection dropped before publish ${id} was answered`);
+    }
     const ws = this.#ws;
     this.#ws = null;
     if (!ws) return;
