@@ -9,6 +9,9 @@ import orjson
 
 JsonObject = dict[str, Any]
 
+MAX_EPOCH_CHARS = 64
+"""`meta.epoch` is 1 to this many characters: producers, the edge and clients check it."""
+
 
 class EnvelopeError(ValueError):
     """Bytes that are not a valid envelope."""

@@ -52,8 +52,7 @@ from faststream.rabbit.subscriber import RabbitSubscriber
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from realtime_shared.amqp import with_heartbeat
-from realtime_shared.envelope import JsonObject
-from realtime_shared.positions import MAX_EPOCH_CHARS
+from realtime_shared.envelope import MAX_EPOCH_CHARS, JsonObject
 from realtime_shared.routing import fits_routing_key
 
 log = logging.getLogger(__name__)

@@ -32,11 +32,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from realtime_shared.envelope import MAX_EPOCH_CHARS
+
 MAX_KEY_CHARS = 255
 """A key is at most a routing key (an AMQP short string, 255 bytes): every key fits."""
 
-MAX_EPOCH_CHARS = 64
-"""The contract's bound on an epoch; `new_epoch` makes shorter ones."""
 
 EPOCH_ROW = 1
 """The epoch table's only row: a fixed primary key makes a second one impossible."""

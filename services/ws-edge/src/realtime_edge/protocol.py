@@ -17,6 +17,7 @@ import orjson
 
 from realtime_edge.handshake import normalise_streams
 from realtime_shared.auth import AuthError, Claims
+from realtime_shared.envelope import MAX_EPOCH_CHARS
 from realtime_shared.streams import SYSTEM_STREAM, is_interactive, is_subscribable
 
 # Event names the edge sends on the system stream.
@@ -84,8 +85,6 @@ class ProtocolError(Exception):
 
 Position = tuple[str, int]
 """(epoch, seq): where a client's copy of a stream ends."""
-
-MAX_EPOCH_CHARS = 64
 
 
 class PublishRefused(ProtocolError):
