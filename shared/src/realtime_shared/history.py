@@ -185,13 +185,13 @@ def parse_request(
     try:
         request = HistoryRequest.model_validate_json(body)
     except ValidationError as exc:
-        raise MalformedRequest(_summary(exc)) from None
+        raise MalformedRequest(validation_summary(exc)) from None
     if not fits_routing_key(stream, request.user_id):
         raise MalformedRequest("user_id fits no routing key")
     return request
 
 
-def _summary(exc: ValidationError) -> str:
+def validation_summary(exc: ValidationError) -> str:
     """Field names and reasons only: a request's values do not belong in a log line."""
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:3])

@@ -99,8 +99,8 @@ class Publisher:
         meta: Mapping[str, Any] | None = None,
     ) -> str:
         """Deliver to every connection of `user_id` holding `stream`; returns the message id."""
-        key = _user_key(stream, user_id)
-        body = _body(stream, event, data, meta)
+        key = checked_user_key(stream, user_id)
+        body = envelope_body(stream, event, data, meta)
         return await self._publish(key, event, body)
 
     async def publish_to_users(
@@ -115,8 +115,8 @@ class Publisher:
 
         The users share one `meta.event_id`: it is one event, delivered to each of them.
         """
-        keys = list(dict.fromkeys(_user_key(stream, user_id) for user_id in user_ids))
-        body = _body(stream, event, data, meta)
+        keys = list(dict.fromkeys(checked_user_key(stream, user_id) for user_id in user_ids))
+        body = envelope_body(stream, event, data, meta)
         return [await self._publish(key, event, body) for key in keys]
 
     async def publish_to_stream(
@@ -128,7 +128,7 @@ class Publisher:
     ) -> str:
         """Deliver to every connection holding `stream`, whoever its user."""
         _check_stream(stream)
-        body = _body(stream, event, data, meta)
+        body = envelope_body(stream, event, data, meta)
         return await self._publish(stream_key(stream), event, body)
 
     async def _publish(self, routing_key: str, event: str, body: bytes) -> str:
@@ -154,7 +154,8 @@ def _check_stream(stream: str) -> None:
         )
 
 
-def _user_key(stream: str, user_id: str) -> str:
+def checked_user_key(stream: str, user_id: str) -> str:
+    """The routing key of `user_id` on `stream`, or PublishError saying why there is none."""
     _check_stream(stream)
     if not isinstance(user_id, str):
         raise PublishError(f"user id must be a string, not {type(user_id).__name__}")
@@ -164,9 +165,11 @@ def _user_key(stream: str, user_id: str) -> str:
         raise PublishError(f"cannot route to user {user_id[:40]!r}: {exc}") from None
 
 
-def _body(
+def envelope_body(
     stream: str, event: str, data: Mapping[str, Any] | None, meta: Mapping[str, Any] | None
 ) -> bytes:
+    """The envelope's bytes, `meta.event_id` and `meta.occurred_at` added; PublishError when
+    `event`, `data` or `meta` could not make one."""
     if not isinstance(event, str) or not event:
         raise PublishError("event must be a non-empty string, e.g. 'invoice.paid'")
     if data is not None and not isinstance(data, Mapping):

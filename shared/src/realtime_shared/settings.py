@@ -27,6 +27,8 @@ from pydantic_settings import (
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
 DEFAULT_EXCHANGE = "realtime"
+DEFAULT_INBOUND_EXCHANGE = "realtime.inbound"
+"""Where the edge publishes client messages on interactive streams, for backends to consume."""
 
 DEV_JWT_SECRET = "realtime-dev-secret-not-for-production!"
 """Used only with `--dev`: a fixed, public key so local tools can mint tokens."""
