@@ -24,6 +24,8 @@ from realtime_shared.client import (
     Backoff,
     ConnectionEnded,
     ConnectionRejected,
+    PublishRefused,
+    PublishUnconfirmed,
     RealtimeClient,
     RequestFailed,
     token_expiry,
@@ -55,6 +57,8 @@ class ScriptedEdge:
         self.connections: asyncio.Queue[ServerConnection] = asyncio.Queue()
         # `subscribe` frames with `recover`: the test answers them (replays, then the reply).
         self.recoveries: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # `publish` frames: the test answers them (published or error, by id, in any order).
+        self.publishes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.server: Server | None = None
 
     @property
@@ -85,6 +89,8 @@ class ScriptedEdge:
             action, streams = frame.get("action"), frame.get("streams", [])
             if action == "subscribe" and "recover" in frame:
                 await self.recoveries.put(frame)
+            elif action == "publish":
+                await self.publishes.put(frame)
             elif action == "subscribe":
                 rejected = [{"stream": s, "code": "NOT_FOUND"} for s in streams if s not in KNOWN]
                 held += [s for s in streams if s in KNOWN and s not in held]
@@ -420,3 +426,197 @@ async def test_an_edge_that_never_answers_a_recovery_does_not_hold_the_stream_fo
             outcome(False, 1, "gap"),
             ("resync", {"reason": "gap", "streams": ["notifications"]}),
         ]
+
+
+async def publish_request(edge: ScriptedEdge) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        return await edge.publishes.get()
+
+
+def published(frame: dict[str, Any], message_id: str) -> str:
+    return system("published", id=frame["id"], message_id=message_id)
+
+
+def refused(frame: dict[str, Any], code: str) -> str:
+    return system("error", code=code, message=f"refused: {code}", id=frame["id"])
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def test_publish_returns_the_message_id_once_the_edge_says_published(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(edge.url, tokens(), ["chat"], backoff=FAST) as client:
+        ws = await edge.connections.get()
+        sending = asyncio.create_task(
+            client.publish("chat", "message.send", {"text": "hi"}, session_id="room-7")
+        )
+        frame = await publish_request(edge)
+        assert frame == {
+            "action": "publish",
+            "stream": "chat",
+            "event": "message.send",
+            "data": {"text": "hi"},
+            "session_id": "room-7",
+            "id": frame["id"],
+        }
+        assert 0 < len(frame["id"]) <= 64
+        await asyncio.sleep(0.05)
+        assert not sending.done()  # not before the edge's answer
+        await ws.send(published(frame, "m-1"))
+        async with asyncio.timeout(5):
+            assert await sending == "m-1"
+
+
+async def test_answers_are_matched_by_id_in_any_order_and_a_refusal_raises_its_code(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(edge.url, tokens(), ["chat"], backoff=FAST) as client:
+        ws = await edge.connections.get()
+        sending = {
+            text: asyncio.create_task(client.publish("chat", "message.send", {"text": text}))
+            for text in ("a", "b", "c")
+        }
+        frames = {}
+        for _ in range(3):
+            frame = await publish_request(edge)
+            frames[frame["data"]["text"]] = frame
+        assert len({f["id"] for f in frames.values()}) == 3
+        await ws.send(published(frames["c"], "m-c"))
+        await ws.send(refused(frames["a"], "RATE_LIMITED"))
+        await ws.send(published(frames["b"], "m-b"))
+        async with asyncio.timeout(5):
+            assert await sending["c"] == "m-c"
+            assert await sending["b"] == "m-b"
+            with pytest.raises(PublishRefused) as caught:
+                await sending["a"]
+        assert caught.value.code == "RATE_LIMITED"
+        assert caught.value.message == "refused: RATE_LIMITED"
+        # The answers are the client's business: the iteration yields none of them.
+        await ws.send('{"stream":"chat","event":"message.new","data":{"text":"next"}}')
+        assert (await next_envelope(client)).event == "message.new"
+
+
+async def test_a_publish_while_reconnecting_is_refused_at_once_and_never_sent(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(edge.url, tokens(), ["chat"], backoff=FAST) as client:
+        ws = await edge.connections.get()
+        edge.unready = 1_000_000  # the edge stays away
+        await ws.close(1001)
+        await eventually(lambda: client.state == "connecting", "the client did not notice")
+        with pytest.raises(PublishRefused) as caught:
+            await client.publish("chat", "message.send", {"text": "hi"})
+        assert caught.value.code == "NOT_CONNECTED"
+        assert edge.publishes.empty()
+
+
+async def test_a_drop_before_the_answer_leaves_the_publish_unconfirmed_and_it_is_not_resent(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(edge.url, tokens(), ["chat"], backoff=FAST) as client:
+        ws = await edge.connections.get()
+        sending = asyncio.create_task(client.publish("chat", "message.send", {"text": "hi"}))
+        await publish_request(edge)
+        await ws.close(1001)
+        async with asyncio.timeout(5):
+            with pytest.raises(PublishUnconfirmed) as caught:
+                await sending
+        assert caught.value.code == "DISCONNECTED"
+        await edge.connections.get()
+        await client.subscribe("ssh")  # answered in order: a resent publish would come first
+        assert edge.publishes.empty()
+
+
+async def test_no_answer_in_time_leaves_the_publish_unconfirmed_and_a_late_one_is_ignored(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(
+        edge.url, tokens(), ["chat"], backoff=FAST, publish_timeout=0.3
+    ) as client:
+        ws = await edge.connections.get()
+        started = time.monotonic()
+        with pytest.raises(PublishUnconfirmed) as default_wait:
+            await client.publish("chat", "message.send")
+        assert default_wait.value.code == "TIMEOUT"
+        assert 0.3 <= time.monotonic() - started < 3
+        await ws.send(published(await publish_request(edge), "late"))
+        # Nothing of the late answers fails a later request or reaches the iteration.
+        assert await client.subscribe("ssh") == ["chat", "ssh"]
+        await ws.send('{"stream":"chat","event":"message.new"}')
+        assert (await next_envelope(client)).event == "message.new"
+        assert client.state == "open"
+
+
+async def test_a_publish_may_set_its_own_deadline(edge: ScriptedEdge) -> None:
+    async with RealtimeClient(
+        edge.url, tokens(), ["chat"], backoff=FAST, publish_timeout=60
+    ) as client:
+        ws = await edge.connections.get()
+        async with asyncio.timeout(5):
+            with pytest.raises(PublishUnconfirmed) as caught:
+                await client.publish("chat", "message.send", timeout=0.1)
+        assert caught.value.code == "TIMEOUT"
+        await ws.send(refused(await publish_request(edge), "UNAVAILABLE"))
+        assert await client.subscribe("ssh") == ["chat", "ssh"]  # the late error fails nothing
+
+
+async def test_a_message_over_the_frame_limit_is_refused_before_sending(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(
+        edge.url, tokens(), ["chat"], backoff=FAST, max_frame_bytes=200
+    ) as client:
+        ws = await edge.connections.get()
+        with pytest.raises(PublishRefused) as caught:
+            await client.publish("chat", "message.send", {"text": "é" * 80})
+        assert caught.value.code == "TOO_LARGE"
+        sending = asyncio.create_task(client.publish("chat", "message.send", {"text": "é" * 40}))
+        frame = await publish_request(edge)
+        assert frame["data"]["text"] == "é" * 40  # the first one was never sent
+        await ws.send(published(frame, "m-2"))
+        async with asyncio.timeout(5):
+            assert await sending == "m-2"
+
+
+def output(n: int, session_id: str | None = None, stream: str = "ssh") -> str:
+    frame: dict[str, Any] = {"stream": stream, "event": "output", "data": {"n": n}}
+    if session_id is not None:
+        frame["meta"] = {"session_id": session_id}
+    return orjson.dumps(frame).decode()
+
+
+async def test_a_session_takes_its_envelopes_out_of_the_clients_iteration(
+    edge: ScriptedEdge,
+) -> None:
+    async with RealtimeClient(edge.url, tokens(), ["chat", "ssh"], backoff=FAST) as client:
+        ws = await edge.connections.get()
+        lasting = client.session("ssh", "t9")
+        async with client.session("SSH", "t1") as terminal:
+            with pytest.raises(ValueError, match="already routed"):
+                client.session("ssh", "t1")
+            for text in (output(1, "t1"), output(2, "t2"), output(3), output(4, "t1", "chat")):
+                await ws.send(text)
+            await ws.send(output(5, "t1"))
+            async with asyncio.timeout(5):
+                assert [(await anext(terminal)).data["n"] for _ in range(2)] == [1, 5]
+            assert [(await next_envelope(client)).data["n"] for _ in range(3)] == [2, 3, 4]
+
+            sending = asyncio.create_task(terminal.publish("keys", {"text": "ls"}))
+            frame = await publish_request(edge)
+            assert (frame["stream"], frame["session_id"]) == ("ssh", "t1")
+            await ws.send(published(frame, "m-1"))
+            async with asyncio.timeout(5):
+                assert await sending == "m-1"
+        # Closed: that session's envelopes are the client's again.
+        await ws.send(output(6, "t1"))
+        assert (await next_envelope(client)).data["n"] == 6
+        with pytest.raises(StopAsyncIteration):
+            await anext(terminal)
+    with pytest.raises(StopAsyncIteration):  # the client's end ends every session
+        await anext(lasting)

@@ -23,12 +23,24 @@ that skips a number, the client asks the edge for what it missed (``subscribe`` 
 (``{"reason", "streams"}``) is yielded only when the consumer must refetch: the streams
 had no position, their recovery failed, or their epoch changed. `PositionTracker` is
 that logic without I/O.
+
+Interactive streams (chat, ssh, rdp): ``await client.publish(stream, event, data)``
+returns the message id once RabbitMQ has the message for a backend, and raises
+`PublishRefused` (nothing was published) or `PublishUnconfirmed` (it may have been).
+``client.session(stream, session_id)`` takes the envelopes of one ``meta.session_id``
+(one terminal of several) out of the client's own iteration into its own:
+
+    async with client.session("ssh", "t1") as terminal:
+        await terminal.publish("keys", {"text": "ls"})
+        async for envelope in terminal:
+            print(envelope.data["text"])
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
@@ -86,6 +98,20 @@ missed ones plus what was on the way. Past this the recovery counts as failed (r
 MAX_EPOCH_CHARS = 64
 """The contract's limit on ``meta.epoch``."""
 
+PUBLISH_TIMEOUT = 10.0
+"""Seconds a `publish` waits for the edge's answer. The edge gives up on RabbitMQ's confirm
+after 5 s (UNAVAILABLE); a reply lost on the way must not leave the caller waiting for good."""
+
+MAX_FRAME_BYTES = 65536
+"""The edge's ``EDGE_MAX_FRAME_BYTES`` default. A bigger frame makes the edge close with 1009,
+which ends the client: `publish` refuses it before sending instead (TOO_LARGE)."""
+
+# `code` of the client's own publish failures (the edge's codes come in its error frame).
+NOT_CONNECTED = "NOT_CONNECTED"
+TOO_LARGE = "TOO_LARGE"
+DISCONNECTED = "DISCONNECTED"
+TIMEOUT = "TIMEOUT"
+
 
 class RealtimeError(Exception):
     """Base of what the client raises."""
@@ -118,6 +144,22 @@ class RequestFailed(RealtimeError):
         self.code = code
         self.message = message
         self.rejected = rejected or []
+
+
+class PublishRefused(RequestFailed):
+    """A `publish` that was not published: the edge's error frame (FORBIDDEN, RATE_LIMITED,
+    NO_HANDLER, UNAVAILABLE, INVALID_FRAME) or the client's refusal before sending
+    (NOT_CONNECTED, TOO_LARGE)."""
+
+
+class PublishUnconfirmed(RealtimeError):
+    """A `publish` that was sent but not answered: the connection dropped (DISCONNECTED) or
+    the wait ran out (TIMEOUT). It may or may not have reached a backend."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
 
 
 class _Disconnected(Exception):
@@ -385,6 +427,8 @@ class RealtimeClient:
         origin: str | None = None,
         recovery_timeout: float = RECOVERY_TIMEOUT,
         recovery_buffer: int = RECOVERY_BUFFER,
+        publish_timeout: float = PUBLISH_TIMEOUT,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
         """`connect_timeout`: how long entering the context keeps retrying (None: forever)."""
         self.url = url
@@ -409,6 +453,11 @@ class RealtimeClient:
         self._positions = PositionTracker(recovery_buffer)
         self._recovery_timeout = recovery_timeout
         self._deadlines: dict[str, float] = {}  # stream -> when its recovery counts as failed
+        self._publish_timeout = publish_timeout
+        self._max_frame_bytes = max_frame_bytes
+        self._publish_ids = itertools.count(1)
+        self._publishes: dict[str, asyncio.Future[str]] = {}  # frame id -> its answer
+        self._routes: dict[tuple[str, str], RemoteSession] = {}  # (stream, session id) ->
         self.connection_id: str | None = None
         self.user_id: str | None = None
         self.connects = 0
@@ -470,23 +519,107 @@ class RealtimeClient:
         return self
 
     async def __anext__(self) -> Envelope:
+        return await self._next_from(self._queue)
+
+    async def _next_from(
+        self, queue: asyncio.Queue[Envelope], closed: asyncio.Event | None = None
+    ) -> Envelope:
+        """The next envelope of `queue`; the client's end (or `closed`) ends the iteration."""
+        ends = [self._done] if closed is None else [self._done, closed]
         while True:
-            if not self._queue.empty():
-                return self._queue.get_nowait()
+            if closed is not None and closed.is_set():
+                raise StopAsyncIteration
+            if not queue.empty():
+                return queue.get_nowait()
             if self._done.is_set():
                 if self._error is not None:
                     raise self._error
                 raise StopAsyncIteration
-            getter = asyncio.ensure_future(self._queue.get())
-            ender = asyncio.ensure_future(self._done.wait())
+            getter = asyncio.ensure_future(queue.get())
+            enders = [asyncio.ensure_future(end.wait()) for end in ends]
             try:
-                await asyncio.wait({getter, ender}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({getter, *enders}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                ender.cancel()
+                for ender in enders:
+                    ender.cancel()
                 if not getter.done():
                     getter.cancel()
             if getter.done() and not getter.cancelled():
                 return getter.result()
+
+    async def publish(
+        self,
+        stream: str,
+        event: str,
+        data: dict[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        # A caller's own asyncio.timeout would work too, but would end in a bare TimeoutError
+        # where the default deadline ends in PublishUnconfirmed(TIMEOUT): one error, one meaning.
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> str:
+        """Send a message to the backend of an interactive stream the connection holds.
+
+        Returns the message id once RabbitMQ has it in a backend's queue (the edge's
+        `published`). Raises `PublishRefused` when nothing was published (the edge's error
+        frame, or NOT_CONNECTED / TOO_LARGE before sending) and `PublishUnconfirmed` when
+        the fate is unknown: the connection dropped before the answer (DISCONNECTED) or
+        none came within `timeout` (TIMEOUT, default `publish_timeout`). Nothing is sent
+        again after a reconnect: retry yourself, with an id of your own in `data` if the
+        backend must not see it twice. `session_id` lands in the message's
+        ``meta.session_id``.
+        """
+        ws = self._ws
+        if ws is None or not self._opened.is_set():
+            raise PublishRefused(NOT_CONNECTED, "not connected; publish once the client is open")
+        frame_id = f"p{next(self._publish_ids):x}"
+        frame: dict[str, Any] = {"action": "publish", "stream": stream, "event": event}
+        if data is not None:
+            frame["data"] = data
+        if session_id is not None:
+            frame["session_id"] = session_id
+        frame["id"] = frame_id
+        text = orjson.dumps(frame)
+        if len(text) > self._max_frame_bytes:
+            raise PublishRefused(TOO_LARGE, f"the message is over {self._max_frame_bytes} bytes")
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._publishes[frame_id] = future
+        try:
+            async with asyncio.timeout(self._publish_timeout if timeout is None else timeout):
+                await ws.send(text.decode())
+                return await future
+        except ConnectionClosed:
+            raise PublishUnconfirmed(DISCONNECTED, f"the connection dropped ({frame_id})") from None
+        except TimeoutError:
+            raise PublishUnconfirmed(TIMEOUT, f"no answer to {frame_id} in time") from None
+        finally:
+            del self._publishes[frame_id]
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()  # retrieved, even when the send failed first
+
+    def session(self, stream: str, session_id: str) -> RemoteSession:
+        """Route the envelopes of `stream` whose ``meta.session_id`` is `session_id` to the
+        returned `RemoteSession` instead of this client's iteration, until it is closed."""
+        key = (stream.strip().lower(), session_id)
+        if key in self._routes:
+            raise ValueError(f"session {session_id!r} of {key[0]!r} is already routed")
+        route = RemoteSession(self, key[0], session_id, self._queue.maxsize)
+        self._routes[key] = route
+        return route
+
+    def _unroute(self, route: RemoteSession) -> None:
+        if self._routes.get((route.stream, route.session_id)) is route:
+            del self._routes[(route.stream, route.session_id)]
+
+    def _queue_for(self, envelope: Envelope) -> asyncio.Queue[Envelope]:
+        session_id = envelope.meta.get("session_id")
+        if isinstance(session_id, str):
+            route = self._routes.get((envelope.stream, session_id))
+            if route is not None:
+                return route.queue
+        return self._queue
 
     async def subscribe(self, *streams: str) -> list[str]:
         """Hold more streams; returns all held once the edge's bindings are in place.
@@ -665,6 +798,11 @@ class RealtimeClient:
             self._deadlines.clear()
             self._ws = None
             self._opened.clear()
+            for answer in self._publishes.values():
+                if not answer.done():
+                    answer.set_exception(
+                        PublishUnconfirmed(DISCONNECTED, "the connection dropped before the answer")
+                    )
             while self._pending:
                 _, future = self._pending.popleft()
                 if not future.done():
@@ -686,6 +824,9 @@ class RealtimeClient:
             await self._take(ws, self._positions.receive(envelope))
             return
         event, data = envelope.event, envelope.data
+        if event in ("published", "error") and isinstance(data.get("id"), str):
+            self._settle_publish(event, data)  # only `publish` frames carry an id
+            return
         if event in ("subscribed", "unsubscribed"):
             self._held = list(data.get("streams", self._held))
             recovered = data.get("recovered")
@@ -711,7 +852,7 @@ class RealtimeClient:
         for stream in [s for s in self._deadlines if s not in self._positions.inflight]:
             del self._deadlines[stream]
         for envelope in step.deliver:
-            await self._queue.put(envelope)
+            await self._queue_for(envelope).put(envelope)
         if step.recover:
             deadline = time.monotonic() + self._recovery_timeout
             self._deadlines.update(dict.fromkeys(step.recover, deadline))
@@ -734,6 +875,17 @@ class RealtimeClient:
             del self._deadlines[stream]
         log.warning("the edge did not answer the recovery of %s; refetch needed", due)
         await self._take(ws, self._positions.answer(dict.fromkeys(due, False)))
+
+    def _settle_publish(self, event: str, data: dict[str, Any]) -> None:
+        """The edge's answer to one `publish` (answers may come in any order)."""
+        future = self._publishes.get(data["id"])
+        if future is None or future.done():
+            log.debug("an answer to publish %s came after it was given up", data["id"])
+        elif event == "published":
+            future.set_result(str(data.get("message_id")))
+        else:
+            code, message = str(data.get("code", "ERROR")), str(data.get("message", ""))
+            future.set_exception(PublishRefused(code, message))
 
     def _resolve(self, event: str, envelope: Envelope) -> None:
         for index, (expected, future) in enumerate(self._pending):
@@ -769,3 +921,57 @@ class RealtimeClient:
             except Exception:
                 log.warning("the realtime token provider failed", exc_info=True)
                 return
+
+
+class RemoteSession:
+    """One remote session (``meta.session_id``, e.g. one terminal) on one stream.
+
+    Made by `RealtimeClient.session`. While it is open the client yields that session's
+    envelopes here and not from its own iterator; `publish` tags messages with its id.
+    Closing it (or leaving ``async with``) hands later envelopes back to the client and
+    drops the ones not read yet. The client's end (close, terminal error) ends it too.
+    """
+
+    def __init__(
+        self, client: RealtimeClient, stream: str, session_id: str, queue_size: int
+    ) -> None:
+        self.stream = stream
+        self.session_id = session_id
+        self.queue: asyncio.Queue[Envelope] = asyncio.Queue(queue_size)
+        self._client = client
+        self._closed = asyncio.Event()
+
+    async def publish(
+        self,
+        event: str,
+        data: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (as RealtimeClient.publish's)
+    ) -> str:
+        """`RealtimeClient.publish` on this session's stream, with its session id."""
+        return await self._client.publish(
+            self.stream, event, data, session_id=self.session_id, timeout=timeout
+        )
+
+    def close(self) -> None:
+        self._client._unroute(self)
+        self._closed.set()
+        while not self.queue.empty():  # frees a reader blocked on a full queue
+            self.queue.get_nowait()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Envelope:
+        return await self._client._next_from(self.queue, self._closed)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
