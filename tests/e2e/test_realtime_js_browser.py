@@ -60,10 +60,12 @@ async def test_realtime_js_refreshes_subscribes_and_dispatches_against_the_edge(
         tokens.append(make_token("gus", ttl=2 if not tokens else 3600))
         return tokens[-1]
 
-    page = await browser.new_page()
+    # Any page of the edge's origin, for a same-origin import; each sends a CSP that
+    # (rightly) forbids scripts, which this test page must run.
+    page = await browser.new_page(bypass_csp=True)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    await page.goto(f"{edge.base_url}/healthz")  # any page of the edge's origin
+    await page.goto(f"{edge.base_url}/healthz")
     await page.expose_function("mintToken", mint)
     await page.evaluate(START)
 
