@@ -63,7 +63,7 @@ from websockets.exceptions import (
 )
 from websockets.typing import Origin
 
-from realtime_shared.envelope import Envelope, EnvelopeError
+from realtime_shared.envelope import MAX_EPOCH_CHARS, Envelope, EnvelopeError
 from realtime_shared.streams import DEFAULT_STREAM, SYSTEM_STREAM
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,6 @@ EDGE_RECOVERY_TIMEOUT (3 s); an edge that never answers must not hold a stream b
 RECOVERY_BUFFER = 1000
 """Frames of one stream held while it recovers: the edge sends at most EDGE_RECOVERY_MAX (500)
 missed ones plus what was on the way. Past this the recovery counts as failed (refetch)."""
-
-MAX_EPOCH_CHARS = 64
-"""The contract's limit on ``meta.epoch``."""
 
 PUBLISH_TIMEOUT = 10.0
 """Seconds a `publish` waits for the edge's answer. The edge gives up on RabbitMQ's confirm
