@@ -21,7 +21,7 @@ lint: install ## ruff check and ruff format --check
 	$(UV) run --locked ruff format --check .
 
 typecheck: install ## mypy --strict on every src/
-	$(UV) run --locked mypy --strict shared/src services/ws-edge/src services/notifications/src bench/src
+	$(UV) run --locked mypy --strict shared/src services/ws-edge/src services/notifications/src bench/src examples/chat/src
 
 pytest: install ## the test suite (starts RabbitMQ/PostgreSQL when they are local and stopped)
 	@eval "$$(scripts/ensure-services.sh)" && $(UV) run --locked pytest $(PYTEST_ARGS)
