@@ -8,80 +8,16 @@ created while it was down appears once the page is back (the refetch on resync).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from playwright.async_api import Browser, Page, expect
-from support.clients import ServiceProcess, chromium
+from playwright.async_api import Browser, expect
+from support.clients import ServiceProcess
+from support.demo import RECONNECT_TIMEOUT, UI_TIMEOUT, expect_unread, item
+from support.rest import NotificationsApi
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
-
-UI_TIMEOUT = 10_000  # ms
-RECONNECT_TIMEOUT = 20_000  # ms: the page may be in a backoff wait of up to 8 s by then
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as instance:
-        yield instance
-
-
-@pytest.fixture
-async def services(
-    amqp_url: str, exchange: str, tmp_path: Path
-) -> AsyncIterator[tuple[ServiceProcess, str]]:
-    database = f"sqlite+aiosqlite:///{tmp_path / 'notifications.db'}"
-    api = ServiceProcess(
-        "notifications-service", amqp_url, exchange, tmp_path, DATABASE_URL=database
-    )
-    edge = ServiceProcess(
-        "ws-edge",
-        amqp_url,
-        exchange,
-        tmp_path,
-        EDGE_DEMO="true",
-        EDGE_NOTIFICATIONS_URL=api.base_url,
-    )
-    async with api, edge:
-        yield edge, api.base_url
-
-
-class Api:
-    """The REST API as another service (or the user's other tab) would call it."""
-
-    def __init__(self, base_url: str, make_token: Any, user: str) -> None:
-        self.base = f"{base_url}/api/notifications"
-        self.user = user
-        admin_token = make_token("e2e-admin", permissions=["notification.manage"])
-        self.admin = {"Authorization": f"Bearer {admin_token}"}
-        self.owner = {"Authorization": f"Bearer {make_token(user)}"}
-
-    async def create(self, title: str) -> str:
-        body = {"user_id": self.user, "type": "e2e", "title": title, "severity": "warning"}
-        async with httpx.AsyncClient(timeout=10) as client:
-            response = await client.post(self.base, json=body, headers=self.admin)
-        assert response.status_code == 201, response.text
-        return str(response.json()["id"])
-
-    async def mark_unread(self, notification_id: str) -> None:
-        async with httpx.AsyncClient(timeout=10) as client:
-            response = await client.post(
-                f"{self.base}/{notification_id}/unread", headers=self.owner
-            )
-        assert response.status_code == 200, response.text
-
-
-def item(page: Page, notification_id: str) -> Any:
-    return page.locator(f"[data-testid=notification][data-id='{notification_id}']")
-
-
-async def expect_unread(page: Page, count: int) -> None:
-    await expect(page.get_by_test_id("unread-count")).to_have_attribute(
-        "data-count", str(count), timeout=UI_TIMEOUT
-    )
 
 
 async def test_notification_centre_lives_through_rest_events_and_an_edge_restart(
@@ -92,7 +28,7 @@ async def test_notification_centre_lives_through_rest_events_and_an_edge_restart
 ) -> None:
     edge, api_url = services
     user = f"e2e-{uuid.uuid4().hex[:8]}"
-    api = Api(api_url, make_token, user)
+    api = NotificationsApi(api_url, make_token, user)
     page = await browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page
-from support.clients import ServiceProcess, chromium
+from support.clients import ServiceProcess
 
 from realtime_shared.client import token_expiry
 from realtime_shared.publisher import Publisher
@@ -30,12 +30,6 @@ START = """async () => {
         rt.connect();
     });
 }"""
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as instance:
-        yield instance
 
 
 @pytest.fixture

@@ -92,6 +92,14 @@ class ServiceProcess:
     async def stop(self) -> None:
         await asyncio.to_thread(self._terminate)
 
+    async def kill(self) -> None:
+        """SIGKILL: a crash. Nothing is closed politely; RabbitMQ drops its queue on the
+        broken connection, and clients see their socket reset (1006)."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+
     async def __aenter__(self) -> ServiceProcess:
         try:
             await self.start()

@@ -5,7 +5,8 @@ an outage is simulated on the client's own link: point the client at the
 proxy, `cut()` (open connections are reset, new ones are refused), then
 `restore()`. `strand()` resets only the client's side of the open connections: the
 server keeps its end, silent, as after a NAT or load balancer dropped its state, until
-it times the connection out itself (or the proxy closes).
+it times the connection out itself (or the proxy closes). `retarget()` sends new
+connections to another server, as a load balancer does when a node dies.
 
     async with TcpProxy("127.0.0.1", 5672) as proxy:
         url = proxy.rewrite("amqp://guest:guest@127.0.0.1:5672/")
@@ -80,6 +81,11 @@ class TcpProxy:
 
     def restore(self) -> None:
         self._cut = False
+
+    def retarget(self, host: str, port: int) -> None:
+        """Send new connections to another server (a load balancer moving on from a dead
+        node); open ones stay where they are."""
+        self.target_host, self.target_port = host, port
 
     def strand(self) -> None:
         """Reset the client's side of every open connection; the server's side stays open."""
