@@ -21,6 +21,12 @@ TINY = [
     "--rest-duration", "0.4", "--rest-users", "3", "--client-procs", "2",
     "--drain-seconds", "2", "--max-minutes", "2",
 ]  # fmt: skip
+PEERS = [
+    "--targets",
+    "floor,python-socketio,ws-edge",
+    "--scenarios",
+    "connect,fanout,broadcast,hold,rest",
+]  # fmt: skip (storm, roundtrip and ws-edge-before: test_recovery_and_publish.py)
 
 
 def bench(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
@@ -37,7 +43,7 @@ def test_every_target_delivers_everything_and_the_report_has_every_scenario(
 ) -> None:
     out = tmp_path / "raw.jsonl"
     env = {"AMQP_URL": amqp_url, "POSTGRES_URL": postgres_url}
-    proc = bench(env, "--work-dir", str(tmp_path), "--out", str(out), "--profile")
+    proc = bench(env, *PEERS, "--work-dir", str(tmp_path), "--out", str(out), "--profile")
     stdout, stderr = proc.communicate(timeout=150)
     assert proc.returncode == 0, stderr.decode()[-3000:]
     results = [orjson.loads(line) for line in out.read_bytes().splitlines()]

@@ -70,3 +70,30 @@ def test_report_reprints_the_tables_of_a_past_run(
     out = capsys.readouterr().out
     assert "## realtime benchmark 2026-11-25 (AMD EPYC, 2 cores)" in out
     assert "| 5. 10,000 connections held by one edge | 10,000 | 10,000 | yes |" in out
+
+
+def test_goals_of_recovery_and_client_messages() -> None:
+    summary = {
+        "storm": {"ws-edge": {"failed": 3.0, "seconds": 2.5}},
+        "roundtrip": {"ws-edge": {"rtt_p99_ms": 4.2, "lost": 0.0}},
+        "fanout 1000/s": {
+            "ws-edge": {"cpu_us_per_msg": 150.0},
+            "ws-edge-before": {"cpu_us_per_msg": 120.0},
+        },
+    }
+    text = goals_table(summary)
+    assert "| 8. storm: clients not recovered exactly | 3.00 | 0 | NO |" in text
+    assert "| 8. storm: all recovered ≤ 5 s after the edge is ready | 2.50 | 5.00 | yes |" in text
+    assert "| 9. publish round trip p99 ≤ 10 ms at 500/s | 4.20 | 10.0 | yes |" in text
+    assert "| 9. publish round trip: none lost | 0 | 0 | yes |" in text
+    assert "| 10. fan-out CPU/msg at 1,000/s ≤ 1.1x ws-edge-before | 1.25x | 1.10x | NO |" in text
+
+
+def test_the_before_edge_is_a_column_beside_the_current_one() -> None:
+    results = [
+        {"scenario": "fanout", "variant": "1000/s", "target": t, "rep": 0, "cpu_us_per_msg": v}
+        for t, v in (("floor", 200.0), ("ws-edge", 130.0), ("ws-edge-before", 125.0))
+    ]
+    text = tables(medians(results), repetitions(results))
+    assert "| metric | floor | ws-edge | ws-edge-before |" in text
+    assert "| cpu_us_per_msg | 200 | 130 (0.65x) | 125 (0.62x) |" in text

@@ -1,5 +1,8 @@
 """`python -m realtime_bench` (`make bench`): ws-edge, python-socketio and a floor, side by side.
 
+`ws-edge-before` is the edge at `--before-commit`, for the hot path before and after;
+`storm` and `roundtrip` measure recovery and client messages (ws-edge only).
+
 Progress goes to stderr; the tables (median of the repetitions, ratio to the
 floor) and the goals go to stdout; every raw result is one JSON line in --out.
 Every process started is stopped at the end, on error, on Ctrl-C or SIGTERM.
@@ -22,6 +25,7 @@ from typing import Any
 import orjson
 import psutil
 
+from realtime_bench import revision
 from realtime_bench.report import Result, goals_table, medians, repetitions, tables
 from realtime_bench.rpc import WorkerError
 from realtime_bench.runner import Options, Runner
@@ -29,7 +33,7 @@ from realtime_bench.runtime import raise_fd_limit
 from realtime_bench.supervisor import Supervisor
 from realtime_bench.targets import TARGETS, Context
 
-SCENARIOS = ("connect", "fanout", "broadcast", "hold", "rest")
+SCENARIOS = ("connect", "fanout", "broadcast", "hold", "rest", "storm", "roundtrip")
 DEFAULT_MAX_MINUTES = 15.0
 QUICK = {
     "reps": 1,
@@ -40,6 +44,11 @@ QUICK = {
     "hold_n": 2000,
     "rest_duration": 1.5,
     "rest_users": 20,
+    "storm_clients": 200,
+    "storm_missed": 5,
+    "roundtrip_clients": 100,
+    "roundtrip_rate": 100.0,
+    "roundtrip_duration": 1.5,
 }
 
 
@@ -79,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenarios",
         type=_names(SCENARIOS),
         default=list(SCENARIOS),
-        help=f"comma list of {', '.join(SCENARIOS)} (rest runs ws-edge only)",
+        help=f"comma list of {', '.join(SCENARIOS)} (hold, rest, storm, roundtrip: ws-edge only)",
     )
     p.add_argument("--reps", type=int, default=defaults.reps, help="repetitions (median taken)")
     p.add_argument(
@@ -110,6 +119,54 @@ def build_parser() -> argparse.ArgumentParser:
         type=_names(("sqlite", "postgresql")),
         default=defaults.rest_databases,
         help="comma list of sqlite, postgresql (postgresql needs POSTGRES_URL)",
+    )
+    p.add_argument(
+        "--storm-clients",
+        type=int,
+        default=defaults.storm_clients,
+        help="storm: clients that recover at once after the edge restarts",
+    )
+    p.add_argument(
+        "--storm-missed",
+        type=int,
+        default=defaults.storm_missed,
+        help="storm: notifications created per user while the edge is down",
+    )
+    p.add_argument(
+        "--storm-signal",
+        choices=("KILL", "TERM"),
+        default=defaults.storm_signal,
+        help="storm: how the edge is stopped (KILL: a crash; TERM: a deploy, 1001 to clients)",
+    )
+    p.add_argument(
+        "--storm-database",
+        choices=("sqlite", "postgresql"),
+        default=defaults.storm_database,
+        help="storm: the notifications service's database (the history owner)",
+    )
+    p.add_argument(
+        "--roundtrip-clients",
+        type=int,
+        default=defaults.roundtrip_clients,
+        help="roundtrip: connections publishing on chat",
+    )
+    p.add_argument(
+        "--roundtrip-rate",
+        type=float,
+        default=defaults.roundtrip_rate,
+        help="roundtrip: client messages per second, all connections together",
+    )
+    p.add_argument(
+        "--roundtrip-duration",
+        type=float,
+        default=defaults.roundtrip_duration,
+        help="roundtrip: seconds of publishing",
+    )
+    p.add_argument(
+        "--before-commit",
+        default=defaults.before_commit,
+        help="the edge that ws-edge-before runs (its own tree and venv in "
+        f"{revision.DEFAULT_ROOT})",
     )
     p.add_argument(
         "--client-procs",

@@ -15,9 +15,9 @@ from typing import Any
 import jwt
 
 from realtime_bench.connection import Connection
-from realtime_bench.dialect import DIALECTS, Dialect, Payload
+from realtime_bench.dialect import DIALECTS, ChatDialect, Dialect, Payload, RecoveringDialect
 from realtime_bench.rpc import Reply, serve
-from realtime_bench.runtime import raise_fd_limit, run
+from realtime_bench.runtime import pace, raise_fd_limit, run
 
 TOKEN_TTL_SECONDS = 3600
 
@@ -61,20 +61,31 @@ class ClientWorker:
             self.recorder.record(payload, now)
 
     async def _open(
-        self, host: str, port: int, url: str, token: str, gate: asyncio.Semaphore, limit: float
-    ) -> Connection:
-        assert self.dialect is not None
+        self,
+        host: str,
+        port: int,
+        user: str,
+        token: str,
+        gate: asyncio.Semaphore,
+        limit: float,
+    ) -> float:
+        """Connect one user; the monotonic time its connection was subscribed."""
+        dialect = self.dialect
+        assert dialect is not None
+        url = dialect.url(f"ws://{host}:{port}", token)
         loop = asyncio.get_running_loop()
         async with gate:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: Connection(url, self._on_text, token), host, port),
+                loop.create_connection(
+                    lambda: Connection(url, self._on_text, token, user), host, port
+                ),
                 limit,
             )
             self.connections.append(conn)
             await asyncio.wait_for(conn.opened, limit)
-            self.dialect.on_open(conn, token)
+            dialect.on_open(conn, token)
             await asyncio.wait_for(conn.ready, limit)
-        return conn
+        return time.monotonic()
 
     async def connect(
         self,
@@ -85,17 +96,20 @@ class ClientWorker:
         secret: str,
         concurrency: int = 1000,
         limit_seconds: float = 30,
+        options: dict[str, Any] | None = None,
     ) -> Reply:
-        """Open one connection per user at once (at most `concurrency` handshakes in flight)."""
-        self.dialect = DIALECTS[dialect]()
+        """Open one connection per user at once (at most `concurrency` handshakes in flight).
+
+        `options` go to the dialect (a recovering client's positions, for one).
+        """
+        self.dialect = DIALECTS[dialect](**(options or {}))
         tokens = [jwt.encode(_claims(user), secret, algorithm="HS256") for user in users]
         gate = asyncio.Semaphore(concurrency)
-        base = f"ws://{host}:{port}"
         started = time.monotonic()
         results = await asyncio.gather(
             *(
-                self._open(host, port, self.dialect.url(base, t), t, gate, limit_seconds)
-                for t in tokens
+                self._open(host, port, user, token, gate, limit_seconds)
+                for user, token in zip(users, tokens, strict=True)
             ),
             return_exceptions=True,
         )
@@ -107,7 +121,33 @@ class ClientWorker:
             "errors": sorted(set(errors))[:5],
             "started": started,
             "finished": finished,
+            "ready": [r for r in results if isinstance(r, float)],
         }
+
+    async def positions(self) -> Reply:
+        """Each user's last (epoch, seq) seen, and what the recoveries came to."""
+        dialect = self.dialect
+        if not isinstance(dialect, RecoveringDialect):
+            return {"positions": {}, "verdicts": {}, "replayed": 0, "late_duplicates": 0}
+        return {
+            "positions": dialect.positions,
+            "verdicts": dict(dialect.verdicts),
+            "replayed": dialect.replayed,
+            "late_duplicates": dialect.late_duplicates,
+        }
+
+    async def publish(self, count: int, rate: float) -> Reply:
+        """`count` client messages on `chat`, `rate` per second, round robin over connections."""
+        dialect = self.dialect
+        assert isinstance(dialect, ChatDialect)
+        conns = [c for c in self.connections if c.ready.done() and not c.closed.done()]
+        assert conns, "no connection to publish on"
+
+        async def one(i: int) -> None:
+            dialect.publish(conns[i % len(conns)])
+
+        started = await pace(count, rate, one)
+        return {"sent": count, "started": started, "finished": time.monotonic()}
 
     async def reset(self) -> Reply:
         self.recorder.reset()
@@ -129,6 +169,10 @@ class ClientWorker:
             "broadcast_count": r.broadcast_count,
         }
         r.reset()
+        chat = self.dialect
+        if isinstance(chat, ChatDialect):
+            reply.update(acks=chat.acks, refused=dict(chat.refused), unexpected=chat.unexpected)
+            chat.next_phase()
         return reply
 
     async def close(self) -> Reply:
@@ -155,6 +199,8 @@ async def _main() -> None:
             "reset": worker.reset,
             "stats": worker.stats,
             "collect": worker.collect,
+            "positions": worker.positions,
+            "publish": worker.publish,
             "close": worker.close,
         }
     )

@@ -22,8 +22,9 @@ TextHandler = Callable[["Connection", bytes, float], None]
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, url: str, on_text: TextHandler, token: str = "") -> None:
+    def __init__(self, url: str, on_text: TextHandler, token: str = "", user: str = "") -> None:
         self.token = token
+        self.user = user
         self.protocol = ClientProtocol(parse_uri(url), max_size=None)
         self.on_text = on_text
         self.transport: asyncio.Transport | None = None

@@ -22,32 +22,15 @@ from pamqp.commands import Basic
 
 from realtime_bench.dialect import BENCH_EVENT
 from realtime_bench.rpc import Reply, serve
-from realtime_bench.runtime import run
+from realtime_bench.runtime import pace, run
 from realtime_shared.routing import stream_key, user_key
 
 STREAM = "notifications"
-PACE_SECONDS = 0.001
 REST_IN_FLIGHT = 64
 """Requests in flight at most: enough for 200/s at tens of ms each, bounded if the API stalls."""
 
 Send = Callable[[str | None, dict[str, Any]], Awaitable[None]]
 """Send one payload to one user, or to everyone when the user is None."""
-
-
-async def pace(count: int, rate: float, send_one: Callable[[int], Awaitable[None]]) -> float:
-    """Call `send_one(i)` for i < count, `rate` per second (0: as fast as possible)."""
-    started = time.monotonic()
-    sent = 0
-    while sent < count:
-        due = count if rate <= 0 else min(count, int((time.monotonic() - started) * rate) + 1)
-        while sent < due:
-            await send_one(sent)
-            sent += 1
-        if rate > 0:
-            await asyncio.sleep(PACE_SECONDS)
-        elif sent % 256 == 0:
-            await asyncio.sleep(0)
-    return started
 
 
 class PublisherWorker:
@@ -119,16 +102,18 @@ class PublisherWorker:
         """Create `count` notifications through the REST API; the payload rides in `metadata`."""
         latencies: list[float] = []
         failures: list[str] = []
+        failed_users: dict[str, int] = {}
         gate = asyncio.Semaphore(REST_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as http:
 
             async def post(i: int) -> None:
+                user = users[i % len(users)]
                 async with gate:
                     ts = time.monotonic()
                     body = {
-                        "user_id": users[i % len(users)],
+                        "user_id": user,
                         "type": "bench",
                         "title": f"bench {i}",
                         "metadata": {"seq": i, "ts": ts},
@@ -137,10 +122,12 @@ class PublisherWorker:
                         response = await http.post("/api/notifications", json=body)
                     except httpx.HTTPError as exc:
                         failures.append(repr(exc))
+                        failed_users[user] = failed_users.get(user, 0) + 1
                         return
                     latencies.append(time.monotonic() - ts)
                     if response.status_code != 201:
                         failures.append(f"{response.status_code} {response.text[:200]}")
+                        failed_users[user] = failed_users.get(user, 0) + 1
 
             async def one(i: int) -> None:
                 await gate.acquire()  # keep the pace honest: wait here when the API stalls
@@ -162,6 +149,7 @@ class PublisherWorker:
             "rest_latencies": latencies,
             "failures": failures[:5],
             "failed": len(failures),
+            "failed_users": failed_users,
         }
 
     async def close(self) -> Reply:

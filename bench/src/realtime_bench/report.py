@@ -170,6 +170,20 @@ GOALS = (
     Goal(5, "fan-out over the 10,000: none lost", "hold", "lost", "ws-edge", 0),
     Goal(6, "5,000 clients subscribed ≤ 5 s", "connect big", "seconds", "ws-edge", 5),
     Goal(7, "REST→WS p99 ≤ 25 ms at 200/s, SQLite", "rest sqlite", "e2e_p99_ms", "ws-edge", 25),
+    # Recovery (issue 12) and client messages (issue 13).
+    Goal(8, "storm: clients not recovered exactly", "storm", "failed", "ws-edge", 0),
+    Goal(8, "storm: all recovered ≤ 5 s after the edge is ready", "storm", "seconds", "ws-edge", 5),
+    Goal(9, "publish round trip p99 ≤ 10 ms at 500/s", "roundtrip", "rtt_p99_ms", "ws-edge", 10),
+    Goal(9, "publish round trip: none lost", "roundtrip", "lost", "ws-edge", 0),
+    Goal(
+        10,
+        "fan-out CPU/msg at 1,000/s ≤ 1.1x ws-edge-before",
+        "fanout 1000/s",
+        "cpu_us_per_msg",
+        "ws-edge",
+        1.1,
+        "ws-edge-before",
+    ),
 )
 
 

@@ -3,14 +3,17 @@
 Per target and repetition: start the server, connect N clients (the `connect`
 scenario), measure idle memory, fan out at each rate, broadcast, reconnect a
 larger crowd (`connect big`), stop. Then, for ws-edge only, hold many
-connections with fan-out still working (`hold`) and REST → WebSocket on SQLite
-and PostgreSQL (`rest`). Every result is one JSON line handed to `sink`.
+connections with fan-out still working (`hold`), REST → WebSocket on SQLite
+and PostgreSQL (`rest`), a crowd recovering what it missed while the edge was
+down (`storm`, storm.py) and client messages answered by a backend (`roundtrip`,
+roundtrip.py). Every result is one JSON line handed to `sink`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -20,13 +23,24 @@ import aio_pika
 import jwt
 import psutil
 
+from realtime_bench import revision
 from realtime_bench.database import fresh_database
 from realtime_bench.monitor import Monitor, find_broker
 from realtime_bench.profile import Profiler
 from realtime_bench.report import Result, latency_summary
 from realtime_bench.rpc import Remote
 from realtime_bench.supervisor import Supervisor, venv_script
-from realtime_bench.targets import TARGETS, Context, Server, Target, free_port, wait_ready
+from realtime_bench.targets import (
+    TARGETS,
+    Context,
+    Server,
+    Target,
+    free_port,
+    inbound_exchange,
+    wait_ready,
+)
+
+PER_TARGET = frozenset({"connect", "fanout", "broadcast"})
 
 SETTLE_SECONDS = 0.5
 """Idle pause before reading RSS after connecting, so allocations of the handshakes land."""
@@ -58,6 +72,17 @@ class Options:
     """py-spy the edge (fan-out, broadcast, connect) and the notifications service (rest)."""
     postgres_url: str | None = None
     edge_env: dict[str, str] = field(default_factory=dict)
+    storm_clients: int = 1000
+    storm_missed: int = 20
+    """Notifications created per user while the edge is down."""
+    storm_signal: str = "KILL"
+    """How the edge is stopped before the storm: KILL (a crash) or TERM (a deploy)."""
+    storm_database: str = "sqlite"
+    roundtrip_clients: int = 500
+    roundtrip_rate: float = 500.0
+    """Client messages per second, all connections together."""
+    roundtrip_duration: float = 5.0
+    before_commit: str = revision.DEFAULT_BEFORE_COMMIT
 
 
 Progress = Callable[[str], None]
@@ -84,20 +109,36 @@ class Runner:
                 await self.supervisor.worker(f"clients-{i}", "realtime_bench.clients")
             )
         self.publisher = await self.supervisor.worker("publisher", "realtime_bench.publisher")
+        if "ws-edge-before" in self.opts.targets and self.scenarios(TARGETS["ws-edge-before"]):
+            script = await revision.prepare(self.opts.before_commit, progress=self.progress)
+            self.ctx = dataclasses.replace(self.ctx, before_edge=script)
+
+    def scenarios(self, target: Target) -> set[str]:
+        """The per-target scenarios `target` runs in this run."""
+        return set(PER_TARGET & self.opts.scenarios & (target.scenarios or PER_TARGET))
 
     async def run(self) -> None:
+        from realtime_bench.roundtrip import roundtrip_round
+        from realtime_bench.storm import storm_rounds
+
         await self.setup()
-        per_target = {"connect", "fanout", "broadcast"} & self.opts.scenarios
         for rep in range(self.opts.reps):
             for name in self.opts.targets:
-                if per_target:
+                if self.scenarios(TARGETS[name]):
                     await self.target_round(TARGETS[name], rep)
-        if "hold" in self.opts.scenarios and "ws-edge" in self.opts.targets:
+        if "ws-edge" not in self.opts.targets:
+            return
+        if "hold" in self.opts.scenarios:
             await self.hold_round()
-        if "rest" in self.opts.scenarios and "ws-edge" in self.opts.targets:
+        if "rest" in self.opts.scenarios:
             for rep in range(self.opts.reps):
                 for db in self.opts.rest_databases:
                     await self.rest_round(db, rep)
+        if "storm" in self.opts.scenarios:
+            await storm_rounds(self)
+        if "roundtrip" in self.opts.scenarios:
+            for rep in range(self.opts.reps):
+                await roundtrip_round(self, rep)
 
     # -- building blocks ------------------------------------------------------------------
 
@@ -118,9 +159,7 @@ class Runner:
     async def server(self, target: Target, label: str) -> AsyncIterator[Server]:
         exchange = f"bench-{self.ctx.run_id}-{label}"
         await self._exchange(exchange, declare=target.exchange_type)
-        ctx = self.ctx
-        if target.name == "ws-edge" and self.opts.edge_env:
-            ctx = Context(ctx.amqp_url, ctx.secret, ctx.run_id, ctx.log_dir, self.opts.edge_env)
+        ctx = self.edge_context(target)
         server: Server | None = None
         try:
             server = await target.start(self.supervisor, ctx, label)
@@ -139,6 +178,12 @@ class Runner:
                 await self.supervisor.stop(server.process)
             await self._exchange(exchange, declare=None, delete=True)
 
+    def edge_context(self, target: Target) -> Context:
+        """`--edge-env` goes to both edges, so before and after run alike."""
+        if target.is_edge and self.opts.edge_env:
+            return dataclasses.replace(self.ctx, extra_env=self.opts.edge_env)
+        return self.ctx
+
     async def _exchange(self, name: str, declare: str | None, delete: bool = False) -> None:
         connection = await aio_pika.connect(self.ctx.amqp_url)
         async with connection:
@@ -147,6 +192,9 @@ class Runner:
                 await channel.declare_exchange(name, aio_pika.ExchangeType(declare), durable=True)
             if delete:
                 await channel.exchange_delete(name)
+                # What the edge and the services declared for this run's exchange.
+                await channel.exchange_delete(inbound_exchange(name))
+                await channel.queue_delete(history_queue(name))
 
     async def _close_clients(self) -> None:
         await asyncio.gather(*(c.call("close") for c in self.clients))
@@ -155,27 +203,45 @@ class Runner:
         parts = len(self.clients)
         return [users[i::parts] for i in range(parts) if users[i::parts]]
 
-    async def connect(self, server: Server, users: list[str]) -> dict[str, Any]:
+    async def connect_replies(
+        self,
+        server: Server,
+        users: list[str],
+        dialect: str | None = None,
+        options: Callable[[list[str]], dict[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every client process connects its share of `users` at once; their replies.
+
+        `options(chunk)` gives the dialect's options for one process's share of the users.
+        """
+        return list(
+            await asyncio.gather(
+                *(
+                    client.call(
+                        "connect",
+                        wait=self.opts.connect_timeout + 30,
+                        dialect=dialect or server.target.dialect,
+                        host=server.host,
+                        port=server.port,
+                        users=chunk,
+                        secret=self.ctx.secret,
+                        concurrency=self.opts.concurrency,
+                        limit_seconds=self.opts.connect_timeout,
+                        options=options(chunk) if options else None,
+                    )
+                    for client, chunk in zip(self.clients, self._split(users), strict=False)
+                )
+            )
+        )
+
+    async def connect(
+        self, server: Server, users: list[str], dialect: str | None = None
+    ) -> dict[str, Any]:
         workers = self._workers()
         cpu0 = server.monitor.cpu_seconds()
         w0 = sum(w.cpu_seconds() for w in workers)
         psutil.cpu_percent(None)
-        replies = await asyncio.gather(
-            *(
-                client.call(
-                    "connect",
-                    wait=self.opts.connect_timeout + 30,
-                    dialect=server.target.dialect,
-                    host=server.host,
-                    port=server.port,
-                    users=chunk,
-                    secret=self.ctx.secret,
-                    concurrency=self.opts.concurrency,
-                    limit_seconds=self.opts.connect_timeout,
-                )
-                for client, chunk in zip(self.clients, self._split(users), strict=False)
-            )
-        )
+        replies = await self.connect_replies(server, users, dialect)
         seconds = max(r["finished"] for r in replies) - min(r["started"] for r in replies)
         subscribed = sum(r["subscribed"] for r in replies)
         errors = sorted({e for r in replies for e in r["errors"]})[:3]
@@ -261,12 +327,13 @@ class Runner:
 
     async def target_round(self, target: Target, rep: int) -> None:
         opts = self.opts
+        scenarios = self.scenarios(target)
         self.progress(f"[{target.name} #{rep + 1}/{opts.reps}] starting")
         async with self.server(target, f"{target.name}-{rep}") as server:
             rss0 = server.monitor.rss()
             users = [f"user-{i:05d}" for i in range(opts.clients)]
             conn = await self.connect(server, users)
-            if "connect" in opts.scenarios:
+            if "connect" in scenarios:
                 self.emit("connect", target.name, rep, None, **conn)
             await self.warm_up(conn["subscribed"])
             await asyncio.sleep(SETTLE_SECONDS)
@@ -274,12 +341,12 @@ class Runner:
                 "kb_per_conn": (server.monitor.rss() - rss0) / 1024 / max(1, conn["subscribed"]),
                 "idle_rss_mb": server.monitor.rss() / 2**20,
             }
-            if "fanout" in opts.scenarios:
+            if "fanout" in scenarios:
                 for rate in opts.rates:
                     await self.fanout(server, users, rate, rep, idle)
-            if "broadcast" in opts.scenarios:
+            if "broadcast" in scenarios:
                 await self.broadcast(server, conn["subscribed"], rep)
-            if "connect" in opts.scenarios and opts.connect_n:
+            if "connect" in scenarios and opts.connect_n:
                 await self._close_clients()
                 big = [f"big-{i:05d}" for i in range(opts.connect_n)]
                 profiler = await self._profile(server, rep, "connect", self.opts.connect_timeout)
@@ -420,84 +487,95 @@ class Runner:
             idle["rate"] = float(rate)
             self._fanout_result(server, 0, None, count, pub, replies, costs, idle, "hold")
 
+    @contextlib.asynccontextmanager
+    async def notifications(self, db: str, exchange: str, label: str) -> AsyncIterator[Server]:
+        """`notifications-service` on a fresh database, publishing to `exchange`, until exit."""
+        async with fresh_database(db, self.supervisor.log_dir, self.opts.postgres_url) as url:
+            port = free_port()
+            process = await self.supervisor.spawn(
+                label,
+                [venv_script("notifications-service"), "--host", "127.0.0.1", "--port", str(port)],
+                {
+                    "AMQP_URL": self.ctx.amqp_url,
+                    "REALTIME_EXCHANGE": exchange,
+                    "JWT_SECRET": self.ctx.secret,
+                    "DATABASE_URL": url,
+                },
+            )
+            try:
+                api = Server(TARGETS["ws-edge"], process, port, exchange, Monitor(process.pid))
+                await wait_ready(api, self.supervisor.log_dir / f"{label}.log")
+                yield api
+            finally:
+                await self.supervisor.stop(process)
+
+    def producer_token(self) -> str:
+        """A token that may create notifications for anyone."""
+        claims = {
+            "sub": "bench-producer",
+            "exp": int(time.time()) + 3600,
+            "permissions": ["notification.manage"],
+        }
+        return jwt.encode(claims, self.ctx.secret, algorithm="HS256")
+
     async def rest_round(self, db: str, rep: int) -> None:
         """Notifications created over REST at a fixed rate, received by connected clients."""
         opts = self.opts
         self.progress(f"[rest {db} #{rep + 1}/{opts.reps}]")
         async with (
             self.server(TARGETS["ws-edge"], f"ws-edge-rest-{db}-{rep}") as edge,
-            fresh_database(db, self.supervisor.log_dir, self.opts.postgres_url) as database_url,
+            self.notifications(db, edge.exchange, f"notifications-{db}-{rep}") as api,
         ):
-            port = free_port()
-            label = f"notifications-{db}-{rep}"
-            process = await self.supervisor.spawn(
-                label,
-                [venv_script("notifications-service"), "--host", "127.0.0.1", "--port", str(port)],
-                {
-                    "AMQP_URL": self.ctx.amqp_url,
-                    "REALTIME_EXCHANGE": edge.exchange,
-                    "JWT_SECRET": self.ctx.secret,
-                    "DATABASE_URL": database_url,
-                },
-            )
-            try:
-                api = Server(TARGETS["ws-edge"], process, port, edge.exchange, Monitor(process.pid))
-                await wait_ready(api, self.supervisor.log_dir / f"{label}.log")
-                users = [f"rest-{i:04d}" for i in range(opts.rest_users)]
-                conn = await self.connect(edge, users)
-                count = max(1, int(opts.rest_rate * opts.rest_duration))
-                token = jwt.encode(
-                    {
-                        "sub": "bench-producer",
-                        "exp": int(time.time()) + 3600,
-                        "permissions": ["notification.manage"],
-                    },
-                    self.ctx.secret,
-                    algorithm="HS256",
-                )
-                publisher = self.publisher
-                assert publisher is not None
-                api_cpu0 = api.monitor.cpu_seconds()
-                profiler = None
-                if opts.profile and rep == 0:
-                    out = self.supervisor.log_dir / f"notifications-{db}.txt"
-                    profiler = Profiler(process.pid, out)
-                    await profiler.start(opts.rest_duration + 5)
-                pub, replies, costs = await self.measured(
-                    edge,
-                    count,
-                    lambda: publisher.call(
-                        "rest",
-                        wait=opts.rest_duration * 10 + 60,
-                        base_url=api.base_url,
-                        token=token,
-                        users=users,
-                        count=count,
-                        rate=opts.rest_rate,
-                    ),
-                )
-                if profiler is not None:
-                    self.profiles.append(await profiler.finish())
-                delivered = sum(r["received"] for r in replies)
-                self.emit(
+            users = [f"rest-{i:04d}" for i in range(opts.rest_users)]
+            conn = await self.connect(edge, users)
+            count = max(1, int(opts.rest_rate * opts.rest_duration))
+            token = self.producer_token()
+            publisher = self.publisher
+            assert publisher is not None
+            api_cpu0 = api.monitor.cpu_seconds()
+            profiler = None
+            if opts.profile and rep == 0:
+                out = self.supervisor.log_dir / f"notifications-{db}.txt"
+                profiler = Profiler(api.process.pid, out)
+                await profiler.start(opts.rest_duration + 5)
+            pub, replies, costs = await self.measured(
+                edge,
+                count,
+                lambda: publisher.call(
                     "rest",
-                    "ws-edge",
-                    rep,
-                    db,
-                    clients=conn["subscribed"],
-                    sent=pub["sent"],
-                    failed=pub["failed"],
-                    delivered=delivered,
-                    lost=max(0, pub["sent"] - delivered),
-                    **latency_summary([v for r in replies for v in r["latencies"]], "e2e_"),
-                    **latency_summary(pub["rest_latencies"], "rest_"),
-                    api_cpu_us_per_msg=(api.monitor.cpu_seconds() - api_cpu0)
-                    * 1e6
-                    / max(1, pub["sent"]),
-                    edge_cpu_pct=costs["server_cpu_pct"],
-                    broker_cpu_pct=costs.get("broker_cpu_pct", 0.0),
-                    box_cpu_pct=costs["box_cpu_pct"],
-                    **({"failures": pub["failures"]} if pub["failures"] else {}),
-                )
-            finally:
-                await self.supervisor.stop(process)
+                    wait=opts.rest_duration * 10 + 60,
+                    base_url=api.base_url,
+                    token=token,
+                    users=users,
+                    count=count,
+                    rate=opts.rest_rate,
+                ),
+            )
+            if profiler is not None:
+                self.profiles.append(await profiler.finish())
+            delivered = sum(r["received"] for r in replies)
+            self.emit(
+                "rest",
+                "ws-edge",
+                rep,
+                db,
+                clients=conn["subscribed"],
+                sent=pub["sent"],
+                failed=pub["failed"],
+                delivered=delivered,
+                lost=max(0, pub["sent"] - delivered),
+                **latency_summary([v for r in replies for v in r["latencies"]], "e2e_"),
+                **latency_summary(pub["rest_latencies"], "rest_"),
+                api_cpu_us_per_msg=(api.monitor.cpu_seconds() - api_cpu0)
+                * 1e6
+                / max(1, pub["sent"]),
+                edge_cpu_pct=costs["server_cpu_pct"],
+                broker_cpu_pct=costs.get("broker_cpu_pct", 0.0),
+                box_cpu_pct=costs["box_cpu_pct"],
+                **({"failures": pub["failures"]} if pub["failures"] else {}),
+            )
+
+
+def history_queue(exchange: str) -> str:
+    """The notifications service's durable history queue for `exchange` (Positions and recovery)."""
+    return f"{exchange}.history.notifications"

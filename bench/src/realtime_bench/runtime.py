@@ -1,10 +1,12 @@
-"""Process set-up shared by the benchmark's own processes: uvloop, file descriptors, quiet exit."""
+"""Shared by the benchmark's own processes: uvloop, file descriptors, pacing, quiet exit."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import resource
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import uvloop
@@ -18,6 +20,25 @@ def raise_fd_limit() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         return int(target)
     return int(soft)
+
+
+PACE_SECONDS = 0.001
+
+
+async def pace(count: int, rate: float, send_one: Callable[[int], Awaitable[None]]) -> float:
+    """Call `send_one(i)` for i < count, `rate` per second (0: as fast as possible)."""
+    started = time.monotonic()
+    sent = 0
+    while sent < count:
+        due = count if rate <= 0 else min(count, int((time.monotonic() - started) * rate) + 1)
+        while sent < due:
+            await send_one(sent)
+            sent += 1
+        if rate > 0:
+            await asyncio.sleep(PACE_SECONDS)
+        elif sent % 256 == 0:
+            await asyncio.sleep(0)
+    return started
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

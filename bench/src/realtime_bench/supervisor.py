@@ -78,6 +78,14 @@ class Supervisor:
         if process in self.processes:
             self.processes.remove(process)
 
+    async def kill(self, process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+        """End a server abruptly or gracefully, as an operator or a crash would: `sig` only."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), STOP_GRACE_SECONDS)
+        await self.stop(process)  # SIGKILL if it is still there after the grace period
+
     async def stop_all(self) -> None:
         # Shielded: a second Ctrl-C must not leave servers running.
         await asyncio.shield(
