@@ -55,6 +55,7 @@ def test_every_client_recovers_exactly_and_every_message_comes_back(
         storm = by[("storm", None, "ws-edge", rep)]
         assert (storm["recovered"], storm["failed"], storm["replayed"]) == (5, 0, 15), storm
         assert storm["late_duplicates"] == 0
+        assert storm["owner_answered"] == 5  # one history request per client, read off /metrics
         assert 0 < storm["done_p50_ms"] <= storm["seconds"] * 1000 < 10_000
         trip = by[("roundtrip", None, "ws-edge", rep)]
         assert trip["sent"] == 25
@@ -81,4 +82,5 @@ def test_recoveries_the_edge_refuses_are_counted_as_failed(amqp_url: str, tmp_pa
     storm = by[("storm", None, "ws-edge", 0)]
     assert (storm["recovered"], storm["failed"], storm["not_recovered"]) == (0, 5, 5), storm
     assert storm["replayed"] == 0
+    assert storm["failure_reasons"] == {"too_many": 5}  # the edge's own reasons, from /metrics
     assert "| 8. storm: clients not recovered exactly | 5.00 | 0 | NO |" in report

@@ -20,7 +20,9 @@ creates (a minute of the service's CPU) are paid once per run.
 
 Reported: seconds from ready until the last client is done, per-client time to done,
 what the recoveries came to (exact, not recovered, inexact), the owner's CPU per
-replayed message and the edge's CPU, both over the reconnect phase.
+replayed message and the edge's CPU, both over the reconnect phase; and, read from both
+services' `/metrics`, why recoveries failed (the edge's reasons), how long the edge
+waited for answers, and how long the owner took per request it answered.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
+import httpx
 import psutil
 
 from realtime_bench.dialect import NOTIFICATIONS, OK
@@ -141,6 +144,7 @@ async def _storm(
     )
     ready_at = time.monotonic()
     costs = _Costs(runner, edge, api)
+    owner0 = await scrape(api.base_url)
 
     def options(chunk: list[str]) -> dict[str, Any]:
         return {
@@ -150,6 +154,7 @@ async def _storm(
 
     replies = await runner.connect_replies(edge, users, DIALECT, options)
     spent = costs.spent()
+    said = _said(await scrape(edge.base_url), owner0, await scrape(api.base_url))
     done = [t - ready_at for r in replies for t in r["ready"]]
     outcome = await asyncio.gather(*(c.call("positions") for c in runner.clients))
     verdicts: dict[str, int] = {}
@@ -181,10 +186,46 @@ async def _storm(
         edge_cpu_pct=spent["edge"] / max(1e-9, spent["wall"]) * 100,
         broker_cpu_pct=spent["broker"] / max(1e-9, spent["wall"]) * 100,
         box_cpu_pct=spent["box_pct"],
+        **said,
         verdicts=verdicts,
         **({"errors": errors} if errors else {}),
     )
     return edge
+
+
+Samples = dict[str, float]
+
+
+async def scrape(base_url: str) -> Samples:
+    """A service's `/metrics`, as {"name{labels}": value} (Prometheus text format)."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        response = await http.get(f"{base_url}/metrics")
+    samples: Samples = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def _said(edge: Samples, owner0: Samples, owner: Samples) -> dict[str, Any]:
+    """What the edge and the owner say about the storm (the edge started with it)."""
+
+    def delta(name: str) -> float:
+        return owner.get(name, 0.0) - owner0.get(name, 0.0)
+
+    prefix = 'edge_recovery_failures_total{reason="'
+    reasons = {k[len(prefix) : -2]: int(v) for k, v in edge.items() if k.startswith(prefix) and v}
+    waits = edge.get("edge_recovery_seconds_count", 0.0)
+    answered = delta("notifications_history_request_duration_seconds_count")
+    owner_s = delta("notifications_history_request_duration_seconds_sum")
+    return {
+        "timeouts": reasons.get("timeout", 0),
+        "edge_wait_ms_mean": edge.get("edge_recovery_seconds_sum", 0.0) / max(1, waits) * 1e3,
+        "owner_answered": answered,
+        "owner_ms_per_answer": owner_s / max(1, answered) * 1e3,
+        **({"failure_reasons": reasons} if reasons else {}),
+    }
 
 
 class _Costs:
