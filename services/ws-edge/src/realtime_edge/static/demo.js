@@ -5,6 +5,9 @@
 // After a reconnect realtime.js recovers the events the page missed; only when it cannot
 // (`onResync`) does the page refetch both. The view is kept in sessionStorage with the
 // client's positions (`resume`), so a reload recovers too instead of refetching.
+//
+// The chat card publishes on the interactive `chat` stream (`client.publish`) to the
+// example chat backend, which answers with `message.created` to both users' chat keys.
 import { RealtimeClient } from "/static/realtime.js";
 
 const PAGE_SIZE = 50;
@@ -33,6 +36,10 @@ const ui = {
   composerStatus: $("[data-testid=composer-status]"),
   log: $("[data-testid=event-log]"),
   sync: $("[data-testid=sync-status]"),
+  chat: $("[data-testid=chat]"),
+  chatLog: $("[data-testid=chat-log]"),
+  chatForm: $("#chat-form"),
+  chatStatus: $("[data-testid=chat-status]"),
 };
 
 const state = {
@@ -50,6 +57,8 @@ const state = {
   loadSeq: 0,
   loaded: false, // the view has a base (loaded, or kept from the last page) that events apply to
   loads: 0, // full refetches, shown for tests: a recovery that worked costs none
+  chatAllowed: true, // the token may hold and publish on `chat`
+  chat: new Map(), // message id -> message.created data
 };
 
 // ---- tokens -------------------------------------------------------------------------------
@@ -143,6 +152,69 @@ function forgetView() {
     // storage refused altogether: nothing was kept either
   }
 }
+
+// ---- chat -----------------------------------------------------------------------------------
+
+const CHAT_KEY = "realtime-demo-chat";
+const CHAT_ITEMS = 100;
+
+/** The conversation this tab showed for this user: a reload recovers only what came since. */
+function restoreChat() {
+  try {
+    const kept = JSON.parse(sessionStorage.getItem(CHAT_KEY) ?? "null");
+    const items = kept?.key === viewKey() && Array.isArray(kept.items) ? kept.items : [];
+    state.chat = new Map(items.map((m) => [m.id, m]));
+  } catch {
+    state.chat = new Map();
+  }
+}
+
+function renderChat() {
+  const items = [...state.chat.values()].sort((a, b) => (a.sent_at < b.sent_at ? -1 : a.sent_at > b.sent_at ? 1 : 0));
+  try {
+    sessionStorage.setItem(CHAT_KEY, JSON.stringify({ key: viewKey(), items: items.slice(-CHAT_ITEMS) }));
+  } catch {
+    // not kept: a reload shows only what arrives from then on
+  }
+  ui.chatLog.replaceChildren(
+    ...items.map((m) =>
+      el(
+        "li",
+        { class: m.from === state.user ? "mine" : "", "data-testid": "chat-message", "data-id": m.id },
+        el("span", { class: "chat-who" }, m.from === state.user ? `you → ${m.to}` : m.from),
+        m.text,
+      ),
+    ),
+  );
+  ui.chatLog.scrollTop = ui.chatLog.scrollHeight;
+}
+
+const CHAT_ERRORS = {
+  NO_HANDLER: "No chat backend is running (make dev starts one).",
+  RATE_LIMITED: "Too fast: wait a moment and send again.",
+  UNAVAILABLE: "The server cannot take messages right now; try again.",
+  FORBIDDEN: "Your token may not send chat messages.",
+  NOT_CONNECTED: "Not connected; wait until the page is live again.",
+  DISCONNECTED: "The connection dropped; it may or may not have been sent.",
+  TIMEOUT: "No answer; it may or may not have been sent.",
+};
+
+ui.chatForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData(ui.chatForm);
+  const send = ui.chatForm.querySelector("button[type=submit]");
+  send.disabled = true;
+  ui.chatStatus.textContent = "Sending…";
+  try {
+    await state.client.publish("chat", "message.send", { to: String(form.get("to")).trim(), text: form.get("text") });
+    ui.chatStatus.textContent = "";
+    ui.chatForm.elements.text.value = "";
+  } catch (error) {
+    ui.chatStatus.textContent = CHAT_ERRORS[error.code] ?? `Failed: ${error.message}`;
+  } finally {
+    send.disabled = false;
+  }
+});
 
 /** Refetch everything. Until it lands the view is no base: a reload meanwhile loads too. */
 function refetch() {
@@ -410,9 +482,14 @@ function connect(user) {
   ui.avatar.textContent = user.slice(0, 1);
   ui.composerForm.elements.user_id.value = user;
   render();
+  restoreChat();
+  renderChat();
+  ui.chat.hidden = !state.chatAllowed;
+  ui.chatForm.elements.to.value = user === "bob" ? "alice" : "bob";
 
   // resume: the view above came from the last page, so recover from where it was.
-  const client = new RealtimeClient({ path: "/ws", token: userToken, streams: ["notifications"], resume: true });
+  const streams = state.chatAllowed ? ["notifications", "chat"] : ["notifications"];
+  const client = new RealtimeClient({ path: "/ws", token: userToken, streams, resume: true });
   client.onState(showState);
   client.on("*", "*", (message) => logEvent(message));
   client.on("notifications", "*", (message) => {
@@ -421,10 +498,24 @@ function connect(user) {
     handle(message.data);
     render();
   });
+  client.on("chat", "message.created", (message) => {
+    if (!message.data?.id) return;
+    state.chat.set(message.data.id, message.data); // by id: a message seen twice shows once
+    renderChat();
+  });
+  client.on("chat", "message.rejected", (message) => {
+    ui.chatStatus.textContent = `Not sent: ${message.data?.reason ?? "refused"}`;
+  });
   // Only when the missed events cannot be replayed: the first visit, a failed recovery.
-  client.onResync(refetch);
-  client.onRecovery(({ recovered, replayed }) => {
-    if (!recovered) return; // onResync follows and refetches
+  client.onResync(({ reason, streams: lost }) => {
+    if (lost.includes("notifications")) refetch();
+    // The example backend has no REST history: say so rather than show a silent gap.
+    if (lost.includes("chat") && reason !== "connect" && state.chat.size) {
+      ui.chatStatus.textContent = "Some messages sent while you were away may be missing.";
+    }
+  });
+  client.onRecovery(({ stream, recovered, replayed }) => {
+    if (stream !== "notifications" || !recovered) return; // onResync follows and refetches
     logEvent({ stream: "system", event: "recovered" }, `${replayed} missed`);
     showSync("recovered", replayed);
     if (!state.loaded) refetch(); // nothing kept to apply them to
@@ -500,7 +591,11 @@ async function start() {
     let sub;
     try {
       const part = state.staticToken.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-      sub = JSON.parse(atob(part.padEnd(Math.ceil(part.length / 4) * 4, "="))).sub;
+      const claims = JSON.parse(atob(part.padEnd(Math.ceil(part.length / 4) * 4, "=")));
+      sub = claims.sub;
+      // A token whose claims leave chat out would have the whole handshake refused.
+      const allows = (list) => !Array.isArray(list) || list.includes("chat");
+      state.chatAllowed = allows(claims.streams) && allows(claims.publish);
     } catch {
       sessionStorage.removeItem(TOKEN_KEY);
       showState("closed");
