@@ -4,10 +4,11 @@
     uv run python scripts/dev.py notify alice    # create a notification for alice
 
 `make dev` has already installed the workspace and made sure RabbitMQ answers (AMQP_URL).
-This starts `ws-edge --dev` and `notifications-service --dev` as child processes (without
-the JWT keys the environment or `.env` may hold: dev mode refuses them), prefixes their
-output, waits until both answer /readyz, then prints the demo URL and a `curl` command that
-makes a notification appear on the page. Ctrl-C stops both. The ports can be moved with
+This starts `ws-edge --dev`, `notifications-service --dev` and the example chat backend
+(`chat-example`, examples/chat) as child processes (without the JWT keys the environment or
+`.env` may hold: dev mode refuses them), prefixes their output, waits until the services
+answer /readyz and the chat backend consumes, then prints the demo URL and a `curl` command
+that makes a notification appear on the page. Ctrl-C stops them all. The ports can be moved with
 DEV_EDGE_PORT / DEV_NOTIFICATIONS_PORT (or --edge-port / --notifications-port).
 """
 
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         default=Path(os.environ.get("DEV_DATA_DIR") or ROOT),
-        help="where the SQLite database lives (the repository root)",
+        help="where the SQLite databases live (the repository root)",
     )
     sub = parser.add_subparsers(dest="command")
     notify = sub.add_parser("notify", help="create a notification on a running `make dev`")
@@ -169,33 +170,41 @@ class Child:
                 await asyncio.wait_for(self._pump, 1)
 
 
-async def wait_ready(children: dict[str, str], procs: list[Child]) -> None:
-    """Poll each /readyz: the services expose readiness only over HTTP."""
+async def wait_ready(
+    children: dict[str, str], procs: list[Child], logged: dict[str, str] | None = None
+) -> None:
+    """Poll each /readyz (the services expose readiness over HTTP) and wait for each
+    `logged` child's line (the chat backend has no HTTP side)."""
     deadline = time.monotonic() + READY_TIMEOUT
     pending = dict(children)
+    lines = dict(logged or {})
     async with httpx.AsyncClient(timeout=1) as client:
-        while pending:
+        while pending or lines:
             for child in procs:
                 if child.proc is not None and child.proc.returncode is not None:
                     raise RuntimeError(f"{child.name} exited with code {child.proc.returncode}")
+                if child.name in lines and any(lines[child.name] in o for o in child.output):
+                    del lines[child.name]
             for name, url in list(pending.items()):
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(f"{url}/readyz")).status_code == 200:
                         del pending[name]
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"{', '.join(pending)} not ready after {READY_TIMEOUT:.0f} s (see its log)"
+                    f"{', '.join([*pending, *lines])} not ready after {READY_TIMEOUT:.0f} s"
+                    " (see its log)"
                 )
             await asyncio.sleep(0.2)
 
 
-def banner(edge_url: str, notifications_url: str, database: Path) -> str:
+def banner(edge_url: str, notifications_url: str, data_dir: Path) -> str:
     token = _sender_token()
     return f"""
   ──────────────────────────────────────────────────────────────────────────────
-  realtime is running in dev mode (insecure dev key, SQLite at {database})
+  realtime is running in dev mode (insecure dev key, SQLite files in {data_dir})
 
   demo page        {edge_url}/            (pick a user at the top; alice by default)
+  chat             {edge_url}/?user=alice and {edge_url}/?user=bob in two tabs
   REST API docs    {notifications_url}/docs
   edge metrics     {edge_url}/metrics
 
@@ -243,7 +252,7 @@ async def run(args: argparse.Namespace) -> int:
     public = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
     edge_url = f"http://{public}:{args.edge_port}"
     notifications_url = f"http://{public}:{args.notifications_port}"
-    database = args.data_dir.resolve() / "notifications.db"
+    data_dir = args.data_dir.resolve()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **NO_KEYS}
     children = [
         Child(
@@ -252,7 +261,12 @@ async def run(args: argparse.Namespace) -> int:
                 *(str(BIN / "notifications-service"), "--dev"),
                 *("--host", args.host, "--port", str(args.notifications_port)),
             ],
-            {**env, "DATABASE_URL": f"sqlite+aiosqlite:///{database}"},
+            {**env, "DATABASE_URL": f"sqlite+aiosqlite:///{data_dir / 'notifications.db'}"},
+        ),
+        Child(
+            "chat",
+            [str(BIN / "chat-example")],
+            {**env, "CHAT_DATABASE_URL": f"sqlite+aiosqlite:///{data_dir / 'chat.db'}"},
         ),
         Child(
             "ws-edge",
@@ -268,7 +282,11 @@ async def run(args: argparse.Namespace) -> int:
         for child in children:
             await child.start()
         ready = asyncio.create_task(
-            wait_ready({"ws-edge": edge_url, "notifications": notifications_url}, children)
+            wait_ready(
+                {"ws-edge": edge_url, "notifications": notifications_url},
+                children,
+                logged={"chat": "consuming chat"},
+            )
         )
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -281,14 +299,14 @@ async def run(args: argparse.Namespace) -> int:
         except (RuntimeError, TimeoutError) as exc:
             print(f"\ndev: {exc}", file=sys.stderr)
             return 1
-        print(banner(edge_url, notifications_url, database), flush=True)
+        print(banner(edge_url, notifications_url, data_dir), flush=True)
         watchers = [asyncio.create_task(c.proc.wait()) for c in children if c.proc is not None]
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopper, *watchers}, return_when=asyncio.FIRST_COMPLETED)
         for task in (stopper, *watchers):
             task.cancel()
         if stopper not in done:
-            print("\ndev: a service exited; stopping the other one", file=sys.stderr)
+            print("\ndev: a service exited; stopping the others", file=sys.stderr)
             return 1
         print("\ndev: stopping…", flush=True)
         return 0

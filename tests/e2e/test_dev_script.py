@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import orjson
 import pytest
 from support.notifications import free_port
@@ -31,6 +32,7 @@ def dev_env(amqp_url: str, exchange: str, edge_port: int, api_port: int) -> dict
         JWT_SECRET=secrets.token_hex(32),
         AMQP_URL=amqp_url,
         REALTIME_EXCHANGE=exchange,
+        REALTIME_INBOUND_EXCHANGE=f"{exchange}.inbound",
         DEV_EDGE_PORT=str(edge_port),
         DEV_NOTIFICATIONS_PORT=str(api_port),
     )
@@ -96,7 +98,9 @@ async def test_the_printed_curl_makes_a_notification_arrive_and_ctrl_c_stops_all
         assert f"http://localhost:{edge_port}/" in text
 
         ws_url = f"ws://127.0.0.1:{edge_port}/ws"
-        async with RealtimeClient(ws_url, make_token("alice")) as alice:
+        async with RealtimeClient(
+            ws_url, make_token("alice"), streams=["notifications", "chat"]
+        ) as alice:
             curl = await asyncio.create_subprocess_exec(
                 "bash", "-c", printed_curl(lines), stdout=asyncio.subprocess.PIPE
             )
@@ -108,6 +112,13 @@ async def test_the_printed_curl_makes_a_notification_arrive_and_ctrl_c_stops_all
             assert event.event == "notification.created"
             assert event.data["notification"]["id"] == created["id"]
 
+            # The example chat backend runs too: a note to self comes back.
+            sent = await alice.publish("chat", "message.send", {"to": "alice", "text": "hi"})
+            async with asyncio.timeout(10):
+                message = await anext(alice)
+            assert (message.stream, message.event) == ("chat", "message.created")
+            assert message.data["id"] == sent and message.data["text"] == "hi"
+
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does
         async with asyncio.timeout(30):
             await proc.stdout.read()
@@ -117,6 +128,15 @@ async def test_the_printed_curl_makes_a_notification_arrive_and_ctrl_c_stops_all
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        await delete_chat_queue(amqp_url, exchange)
+
+
+async def delete_chat_queue(amqp_url: str, exchange: str) -> None:
+    """The chat backend's queue is durable: the shared broker must not keep one per run."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(f"{exchange}.inbound.chat-example.chat")
 
 
 async def test_a_taken_port_is_named_with_a_way_out(
