@@ -16,7 +16,7 @@ import aio_pika
 import orjson
 import pytest
 import websockets
-from support.edge import EdgeProcess, connected, recv_event, recv_frame, running_edge
+from support.edge import EdgeProcess, connected, recv_frame, running_edge
 
 from realtime_chat.app import ChatBackend
 from realtime_chat.settings import ChatSettings
@@ -64,38 +64,53 @@ async def edge(amqp_url: str, exchange: str, inbound: str) -> AsyncIterator[Edge
         yield process
 
 
-async def user(edge: EdgeProcess, make_token: MakeToken, name: str) -> websockets.ClientConnection:
-    return await connected(edge.ws_url("/ws/chat", token=make_token(name)))
+class Tab:
+    """One browser tab of a user. Frames are kept in arrival order, so waiting for one
+    skips none: the answer to a publish may come before or after its `published`."""
 
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+        self.pending: list[Frame] = []
 
-async def send(ws: websockets.ClientConnection, data: Frame, event: str = "message.send") -> str:
-    """Publish through the edge; the message id its `published` reply gives."""
-    frame = {"action": "publish", "stream": "chat", "event": event, "data": data, "id": "c"}
-    await ws.send(orjson.dumps(frame).decode())
-    published = await recv_event(ws, "published")
-    return str(published["data"]["message_id"])  # type: ignore[index]
+    async def next(self, wanted: Callable[[Frame], bool]) -> Frame:
+        for n, frame in enumerate(self.pending):
+            if wanted(frame):
+                return self.pending.pop(n)
+        while True:
+            frame = await recv_frame(self.ws)
+            if wanted(frame):
+                return frame
+            self.pending.append(frame)
 
+    async def next_chat(self) -> Frame:
+        return await self.next(lambda frame: frame["stream"] == "chat")
 
-async def next_chat(ws: websockets.ClientConnection) -> Frame:
-    """The next frame of the chat stream (system frames skipped)."""
-    while True:
-        frame = await recv_frame(ws)
-        if frame["stream"] == "chat":
-            return frame
+    async def send(self, data: Frame, event: str = "message.send") -> str:
+        """Publish through the edge; the message id of its `published` reply."""
+        frame = {"action": "publish", "stream": "chat", "event": event, "data": data}
+        await self.ws.send(orjson.dumps(frame).decode())
+        published = await self.next(lambda frame: frame["event"] == "published")
+        return str(published["data"]["message_id"])
 
-
-async def nothing_more(*sockets: websockets.ClientConnection) -> None:
-    for ws in sockets:
+    async def nothing_more(self) -> None:
+        assert [f for f in self.pending if f["stream"] == "chat"] == []
         with pytest.raises(TimeoutError):
-            await recv_frame(ws, within=0.3)
+            await recv_frame(self.ws, within=0.3)
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def tab(edge: EdgeProcess, make_token: MakeToken, name: str) -> Tab:
+    return Tab(await connected(edge.ws_url("/ws/chat", token=make_token(name))))
 
 
 async def test_a_direct_message_reaches_both_users_numbered_for_each(
     chat: ChatBackend, edge: EdgeProcess, make_token: MakeToken
 ) -> None:
-    alice, bob = await user(edge, make_token, "alice"), await user(edge, make_token, "bob")
-    message_id = await send(alice, {"to": "bob", "text": "hi bob"})
-    to_alice, to_bob = await next_chat(alice), await next_chat(bob)
+    alice, bob = await tab(edge, make_token, "alice"), await tab(edge, make_token, "bob")
+    message_id = await alice.send({"to": "bob", "text": "hi bob"})
+    to_alice, to_bob = await alice.next_chat(), await bob.next_chat()
     assert to_alice["event"] == to_bob["event"] == "message.created"
     assert to_alice["data"] == to_bob["data"]
     data = to_bob["data"]
@@ -105,10 +120,12 @@ async def test_a_direct_message_reaches_both_users_numbered_for_each(
         "bob",
         "hi bob",
     )
-    await send(bob, {"to": "alice", "text": "hi alice"})
-    await send(alice, {"to": "bob", "text": "how are you?"})
-    alice_seqs = [to_alice["meta"]["seq"]] + [(await next_chat(alice))["meta"]["seq"] for _ in "ab"]
-    bob_seqs = [to_bob["meta"]["seq"]] + [(await next_chat(bob))["meta"]["seq"] for _ in "ab"]
+    await bob.send({"to": "alice", "text": "hi alice"})
+    await alice.send({"to": "bob", "text": "how are you?"})
+    alice_seqs = [to_alice["meta"]["seq"]] + [
+        (await alice.next_chat())["meta"]["seq"] for _ in "ab"
+    ]
+    bob_seqs = [to_bob["meta"]["seq"]] + [(await bob.next_chat())["meta"]["seq"] for _ in "ab"]
     assert alice_seqs == bob_seqs == [1, 2, 3]
     await alice.close()
     await bob.close()
@@ -131,49 +148,51 @@ async def test_an_invalid_message_is_rejected_on_the_sending_connection_only(
     data: Frame,
     reason: str,
 ) -> None:
-    alice = await user(edge, make_token, "alice")
-    other_tab = await user(edge, make_token, "alice")
-    bob = await user(edge, make_token, "bob")
-    message_id = await send(alice, data, event)
-    rejected = await next_chat(alice)
+    alice = await tab(edge, make_token, "alice")
+    other_tab = await tab(edge, make_token, "alice")
+    bob = await tab(edge, make_token, "bob")
+    message_id = await alice.send(data, event)
+    rejected = await alice.next_chat()
     assert rejected["event"] == "message.rejected"
     assert reason in rejected["data"]["reason"]
     assert rejected["data"]["message_id"] == message_id
-    await nothing_more(other_tab, bob)
+    await other_tab.nothing_more()
+    await bob.nothing_more()
     # Nothing was stored or numbered: the next message is everyone's first.
-    await send(alice, {"to": "bob", "text": "hi"})
-    assert (await next_chat(bob))["meta"]["seq"] == 1
-    for ws in (alice, other_tab, bob):
-        await ws.close()
+    await alice.send({"to": "bob", "text": "hi"})
+    assert (await bob.next_chat())["meta"]["seq"] == 1
+    for each in (alice, other_tab, bob):
+        await each.close()
 
 
 async def test_a_user_who_was_away_recovers_exactly_what_he_missed(
     chat: ChatBackend, edge: EdgeProcess, make_token: MakeToken
 ) -> None:
-    alice, bob = await user(edge, make_token, "alice"), await user(edge, make_token, "bob")
-    await send(alice, {"to": "bob", "text": "one"})
-    seen = await next_chat(bob)
+    alice, bob = await tab(edge, make_token, "alice"), await tab(edge, make_token, "bob")
+    await alice.send({"to": "bob", "text": "one"})
+    seen = await bob.next_chat()
     await bob.close()
-    assert (await next_chat(alice))["data"]["text"] == "one"
+    assert (await alice.next_chat())["data"]["text"] == "one"
     for text in ("two", "three"):
-        await send(alice, {"to": "bob", "text": text})
+        await alice.send({"to": "bob", "text": text})
         # Alice's copy is numbered in the transaction that stores bob's: once she has it,
         # bob's is in his history.
-        assert (await next_chat(alice))["data"]["text"] == text
+        assert (await alice.next_chat())["data"]["text"] == text
 
-    bob = await connected(edge.ws_url(token=make_token("bob")))  # holds notifications only
+    ws = await connected(edge.ws_url(token=make_token("bob")))  # holds notifications only
     position = {"epoch": seen["meta"]["epoch"], "seq": seen["meta"]["seq"]}
     recover = {"action": "subscribe", "streams": [], "recover": {"chat": position}}
-    await bob.send(orjson.dumps(recover).decode())
-    replayed = [await next_chat(bob) for _ in range(2)]
-    subscribed = await recv_event(bob, "subscribed")
+    await ws.send(orjson.dumps(recover).decode())
+    replayed = []
+    while (frame := await recv_frame(ws))["event"] != "subscribed":
+        replayed.append(frame)
     assert [(m["meta"]["seq"], m["data"]["text"]) for m in replayed] == [(2, "two"), (3, "three")]
-    assert subscribed["data"]["recovered"] == {"chat": True}  # type: ignore[index]
-    await send(alice, {"to": "bob", "text": "four"})
-    live = await next_chat(bob)
+    assert frame["data"]["recovered"] == {"chat": True}
+    await alice.send({"to": "bob", "text": "four"})
+    live = await Tab(ws).next_chat()
     assert (live["meta"]["seq"], live["data"]["text"]) == (4, "four")
     await alice.close()
-    await bob.close()
+    await ws.close()
 
 
 def test_help_says_what_it_runs() -> None:
@@ -216,9 +235,9 @@ async def test_the_chat_example_command_serves_until_sigterm(
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
             await asyncio.sleep(0.05)
-        alice = await user(edge, make_token, "alice")
-        await send(alice, {"to": "alice", "text": "note to self"})
-        assert (await next_chat(alice))["data"]["text"] == "note to self"
+        alice = await tab(edge, make_token, "alice")
+        await alice.send({"to": "alice", "text": "note to self"})
+        assert (await alice.next_chat())["data"]["text"] == "note to self"
         await alice.close()
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 10) == 0
