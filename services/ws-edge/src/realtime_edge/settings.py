@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from realtime_shared.settings import CommaList, RealtimeSettings, split_commas
+from realtime_shared.settings import (
+    DEFAULT_INBOUND_EXCHANGE,
+    CommaList,
+    RealtimeSettings,
+    split_commas,
+)
 
 DEFAULT_PING_INTERVAL = 54.0
 """Under the 60 s idle timeout of common proxies (nginx, ALBs), so they keep the socket."""
@@ -33,8 +38,6 @@ which is cheaper than replaying that much through one socket."""
 
 DEFAULT_RECOVERY_TIMEOUT = 3.0
 """Seconds a history owner has to answer; a client waiting longer would rather refetch."""
-
-DEFAULT_INBOUND_EXCHANGE = "realtime.inbound"
 
 DEFAULT_PUBLISH_RATE = 20.0
 """Client messages per second per connection, sustained: faster than anyone types, and
