@@ -10,6 +10,8 @@ from just before its `publish` frame is written: to its `published` acknowledgem
 routed back to that connection by `meta.reply_to`). One untimed message per connection
 first, so the backend's and the edge's first-use costs are not measured.
 
+With --profile, py-spy samples the edge and the backend through the first timed phase.
+
 Reported: the round trip p50/p90/p99/max, the acknowledgement's, how many came back,
 and the CPU of the edge, the backend and RabbitMQ per message.
 """
@@ -27,6 +29,7 @@ import psutil
 from realtime_bench.dialect import CHAT
 from realtime_bench.echo import ECHO_BACKEND
 from realtime_bench.monitor import Monitor
+from realtime_bench.profile import Profiler
 from realtime_bench.report import latency_summary
 from realtime_bench.targets import READY_TIMEOUT_SECONDS, TARGETS, inbound_exchange
 
@@ -66,6 +69,11 @@ async def roundtrip_round(runner: Runner, rep: int) -> None:
                 "backend": Monitor(backend.pid),
                 "clients": _Sum(runner._workers()),
             }
+            profilers = []
+            if opts.profile and rep == 0:  # the edge and the backend, through the timed phase
+                for pid, name in ((edge.process.pid, "edge"), (backend.pid, "echo-backend")):
+                    profilers.append(Profiler(pid, runner.supervisor.log_dir / f"{name}-rt.txt"))
+                    await profilers[-1].start(opts.roundtrip_duration + 5)
             before = {name: m.cpu_seconds() for name, m in monitors.items()}
             broker0 = runner.broker.cpu_seconds() if runner.broker else 0.0
             psutil.cpu_percent(None)
@@ -77,6 +85,8 @@ async def roundtrip_round(runner: Runner, rep: int) -> None:
             broker = (runner.broker.cpu_seconds() - broker0) if runner.broker else 0.0
             box = psutil.cpu_percent(None)
             replies = await runner.collect()
+            for profiler in profilers:
+                runner.profiles.append(await profiler.finish())
         finally:
             await runner.supervisor.stop(backend)
             await _delete_queue(runner, queue)

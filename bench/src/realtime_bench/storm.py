@@ -18,6 +18,8 @@ Each further repetition stops the edge again (1) and repeats 3 and 4 from the sa
 positions: the owner answers the same requests from the same history, and the 20,000
 creates (a minute of the service's CPU) are paid once per run.
 
+With --profile, py-spy samples the edge and the owner through the first reconnect.
+
 Reported: seconds from ready until the last client is done, per-client time to done,
 what the recoveries came to (exact, not recovered, inexact), the owner's CPU per
 replayed message and the edge's CPU, both over the reconnect phase; and, read from both
@@ -38,6 +40,7 @@ import httpx
 import psutil
 
 from realtime_bench.dialect import NOTIFICATIONS, OK
+from realtime_bench.profile import Profiler
 from realtime_bench.report import latency_summary
 from realtime_bench.targets import TARGETS, Server
 from realtime_shared.routing import stream_key
@@ -142,6 +145,7 @@ async def _storm(
         port=edge.port,
         poll=READY_POLL_SECONDS,
     )
+    profilers = await _profile(runner, rep, edge, api)
     ready_at = time.monotonic()
     costs = _Costs(runner, edge, api)
     owner0 = await scrape(api.base_url)
@@ -155,6 +159,8 @@ async def _storm(
     replies = await runner.connect_replies(edge, users, DIALECT, options)
     spent = costs.spent()
     said = _said(await scrape(edge.base_url), owner0, await scrape(api.base_url))
+    for profiler in profilers:
+        runner.profiles.append(await profiler.finish())
     done = [t - ready_at for r in replies for t in r["ready"]]
     outcome = await asyncio.gather(*(c.call("positions") for c in runner.clients))
     verdicts: dict[str, int] = {}
@@ -191,6 +197,18 @@ async def _storm(
         **({"errors": errors} if errors else {}),
     )
     return edge
+
+
+async def _profile(runner: Runner, rep: int, edge: Server, api: Server) -> list[Profiler]:
+    """With --profile, py-spy the edge and the owner through the first storm's reconnect."""
+    if not runner.opts.profile or rep != 0:
+        return []
+    profilers = []
+    for server, name in ((edge, "edge-storm.txt"), (api, "notifications-storm.txt")):
+        profiler = Profiler(server.process.pid, runner.supervisor.log_dir / name)
+        await profiler.start(runner.opts.connect_timeout)  # stopped when the storm is over
+        profilers.append(profiler)
+    return profilers
 
 
 Samples = dict[str, float]
