@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy the edge and the REST API in their first repetition",
+        help="py-spy the edge, the REST API, the history owner and the echo backend "
+        "in their first repetition",
     )
     p.add_argument(
         "--edge-env",
