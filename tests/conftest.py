@@ -70,15 +70,10 @@ def amqp_url() -> Iterator[str]:
 
 @pytest.fixture
 async def exchange(amqp_url: str) -> AsyncIterator[str]:
-    """A fresh topic exchange name per test, deleted afterwards, so tests never share traffic.
-
-    What services durably declare beside it goes too, or the shared broker (CI's as well)
-    collects one of each per test: the history queues `<name>.history.<stream>` and the
-    inbound exchange the tests name `<name>.inbound`."""
+    """A fresh topic exchange name per test, deleted afterwards (with what the services
+    declared beside it, `support.broker`), so tests never share traffic."""
     import aio_pika
-
-    from realtime_shared.history import history_queue
-    from realtime_shared.streams import CATALOG
+    from support.broker import forget_exchange
 
     name = f"test-{uuid.uuid4().hex[:12]}"
     connection = await aio_pika.connect(amqp_url)
@@ -86,11 +81,8 @@ async def exchange(amqp_url: str) -> AsyncIterator[str]:
         channel = await connection.channel()
         await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
         yield name
-        channel = await connection.channel()  # the test may have closed the first one
-        await channel.exchange_delete(name)
-        await channel.exchange_delete(f"{name}.inbound")
-        for stream in CATALOG:
-            await channel.queue_delete(history_queue(name, stream))
+        # A channel of its own: the test may have closed the first one.
+        await forget_exchange(await connection.channel(), name)
 
 
 @pytest.fixture(scope="session")

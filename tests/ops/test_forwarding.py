@@ -19,9 +19,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import aio_pika
 import httpx
 import pytest
+from support.broker import delete_exchange
 from support.ops import (
     BIN,
     clean_env,
@@ -58,13 +58,6 @@ class Front:
                     return message
             time.sleep(0.02)
         raise AssertionError(f"no access line for {probe}:\n{self.service_log.read_text()}")
-
-
-async def delete_exchange(amqp_url: str, name: str) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        await channel.exchange_delete(name)
 
 
 @pytest.fixture(scope="module")

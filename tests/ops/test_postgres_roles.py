@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import aio_pika
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
+from support.broker import delete_exchange
 from support.db import create_database, drop_database
 from support.ops import (
     BIN,
@@ -156,9 +156,7 @@ async def test_the_real_service_runs_on_the_rows_only_role(
                     "/api/notifications", headers={"Authorization": f"Bearer {alice}"}
                 )
     finally:
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            await (await connection.channel()).exchange_delete(exchange)
+        await delete_exchange(amqp_url, exchange)
 
     assert created.status_code == 201, created.text
     assert [n["title"] for n in listed.json()] == ["hi"]

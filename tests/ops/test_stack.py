@@ -22,9 +22,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import aio_pika
 import httpx
 import pytest
+from support.broker import delete_exchange
 from support.db import create_database, drop_database
 from support.ops import (
     BIN,
@@ -85,13 +85,6 @@ class Stack:
             check=True,
         )
         return result.stdout.strip()
-
-
-async def delete_exchange(amqp_url: str, name: str) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        await channel.exchange_delete(name)
 
 
 @pytest.fixture(scope="module")
