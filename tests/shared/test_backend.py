@@ -227,6 +227,19 @@ async def test_a_reply_reaches_the_senders_connection_key_with_its_session() -> 
 
 
 @pytest.mark.component
+async def test_a_message_reaches_its_handler_without_a_worker_thread(
+    worker_thread_calls: list[object],
+) -> None:
+    """FastStream's `RabbitMessage` annotation is a `Context`, which FastDepends resolves in
+    a worker thread: a thread hop per client message."""
+    harness = Harness()
+    async with TestRabbitBroker(harness.broker) as broker:
+        await harness.client_sends(broker, wire())
+    assert harness.metrics.seen == [("chat", Outcome.HANDLED)]
+    assert worker_thread_calls == []
+
+
+@pytest.mark.component
 async def test_a_reply_to_a_message_without_session_has_none() -> None:
     async def echo(backend: Backend, message: InboundMessage) -> None:
         await backend.reply(message, "message.echo", meta={"n": 1})

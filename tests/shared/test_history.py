@@ -197,6 +197,27 @@ async def test_a_request_is_answered_to_its_reply_to_with_its_correlation_id() -
 
 
 @pytest.mark.component
+async def test_a_request_is_answered_without_a_worker_thread(
+    worker_thread_calls: list[object],
+) -> None:
+    """FastStream's `RabbitMessage` annotation is a `Context`, which FastDepends resolves in
+    a worker thread: a thread hop per request. (`collect` takes its message that way: this
+    answer goes to a queue read without it.)"""
+    responder = Responder(Log(last=3))
+    answers: list[dict[str, Any]] = []
+
+    @responder.broker.subscriber("plain-replies")
+    async def collect_body(answer: dict[str, Any]) -> None:
+        answers.append(answer)
+
+    async with TestRabbitBroker(responder.broker) as broker:
+        body = {"user_id": "alice", "epoch": EPOCH, "after": 1, "limit": 10}
+        await responder.ask(broker, body, reply_to="plain-replies", correlation_id="c-7")
+    assert answers == [{"epoch": EPOCH, "messages": [envelope(2), envelope(3)], "complete": True}]
+    assert worker_thread_calls == []
+
+
+@pytest.mark.component
 async def test_a_reply_to_with_a_bar_is_answered_to_that_queue_not_to_an_exchange() -> None:
     """FastStream's own replies read `queue|exchange` out of reply_to: a requester could have
     had the owner publish a user's history to any exchange, under any routing key."""

@@ -53,7 +53,7 @@ from typing import Any, Protocol
 
 from faststream import AckPolicy
 from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
-from faststream.rabbit.annotations import RabbitMessage
+from faststream.rabbit.message import RabbitMessage
 from faststream.rabbit.schemas import Channel
 from faststream.rabbit.subscriber import RabbitSubscriber
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -180,10 +180,16 @@ class _NoMetrics:
 Handler = Callable[[InboundMessage], Awaitable[None]]
 
 
-async def _raw_body(message: Any) -> bytes:
-    """Hand the body over undecoded: `parse_inbound` validates it, and logs one line."""
-    body: bytes = message.body
-    return body
+async def _the_message(message: RabbitMessage) -> RabbitMessage:
+    """Hand the consumer FastStream's message itself as its argument, body undecoded
+    (`parse_inbound` validates it, and logs one line).
+
+    Not through the `faststream.rabbit.annotations.RabbitMessage` annotation: that is a
+    `Context`, and FastDepends runs a `Context`'s synchronous `use` in a worker thread, a
+    thread hop per message. (FastStream refuses the message class as a handler's
+    annotation, hence `Any` there.)
+    """
+    return message
 
 
 class Backend:
@@ -234,7 +240,7 @@ class Backend:
     def _subscribe(self, stream: str, handler: Handler, prefetch: int) -> RabbitSubscriber:
         queue = self.queue_name(stream)
 
-        async def consume(raw: RabbitMessage) -> None:
+        async def consume(raw: Any) -> None:  # the RabbitMessage, from `_the_message`
             started = time.perf_counter()
             outcome = await self._handle(stream, queue, handler, raw)
             self._observe(stream, outcome, time.perf_counter() - started)
@@ -245,7 +251,7 @@ class Backend:
             channel=Channel(prefetch_count=prefetch),
             ack_policy=AckPolicy.MANUAL,  # ours, below: the retry needs `redelivered`
             no_reply=True,
-            decoder=_raw_body,
+            decoder=_the_message,
             title=queue,
             description=f"Client messages on `{stream}`, for the `{self.name}` backend.",
         )

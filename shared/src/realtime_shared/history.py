@@ -45,8 +45,9 @@ from functools import partial
 from typing import Any, Protocol, cast
 
 import orjson
+from aio_pika import IncomingMessage
 from faststream.rabbit import RabbitBroker, RabbitQueue
-from faststream.rabbit.annotations import RabbitMessage
+from faststream.rabbit.message import RabbitMessage
 from faststream.rabbit.schemas import Channel
 from faststream.rabbit.subscriber import RabbitSubscriber
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -209,10 +210,15 @@ async def respond(source: HistorySource, request: HistoryRequest, max_limit: int
     return HistoryReply(epoch=epoch, messages=page.messages, complete=complete)
 
 
-async def _raw_body(message: Any) -> bytes:
-    """Hand the body over undecoded: `parse_request` validates it, and logs one line."""
-    body: bytes = message.body
-    return body
+async def _delivery(message: RabbitMessage) -> IncomingMessage:
+    """Hand the handler aio-pika's delivery as its argument, body undecoded
+    (`parse_request` validates it, and logs one line).
+
+    Not through the `faststream.rabbit.annotations.RabbitMessage` annotation: that is a
+    `Context`, and FastDepends runs a `Context`'s synchronous `use` in a worker thread, a
+    thread hop per request.
+    """
+    return message.raw_message
 
 
 def history_subscriber(
@@ -229,9 +235,8 @@ def history_subscriber(
     queue = history_queue(exchange, stream)
     observe = (metrics or _NoMetrics()).observe_history
 
-    async def answer(message: RabbitMessage) -> None:
+    async def answer(raw: IncomingMessage) -> None:
         started = time.perf_counter()
-        raw = message.raw_message
         try:
             request = parse_request(raw.body, raw.reply_to, raw.correlation_id, stream)
         except MalformedRequest as exc:
@@ -254,7 +259,7 @@ def history_subscriber(
         RabbitQueue(queue, durable=True),
         channel=Channel(prefetch_count=prefetch),
         no_reply=True,  # answered above
-        decoder=_raw_body,
+        decoder=_delivery,
         title=queue,
         description=f"History requests for `{stream}`: {{user_id, epoch, after, limit}}.",
     )
