@@ -137,6 +137,8 @@ async def test_a_producer_cannot_forge_another_streams_frame(raw: bytes) -> None
         b'{"stream":"chat","event":"e","data":{"x":NaN}}',  # the fast-path prefix, invalid
         b'{"stream":"chat","event":"e","data":{"x":1',  # cut short
         b'{"stream":"chat","event":"e","data":{"x":Infinity}}',
+        # orjson reads 300 levels but writes no more than 254: parsed, yet no frame.
+        b'{"stream":"chat","event":"e","data":' + b"[" * 300 + b"]" * 300 + b"}",
     ],
 )
 async def test_a_body_that_is_not_an_envelope_is_dropped_and_counted(raw: bytes) -> None:

@@ -130,7 +130,10 @@ class Hub:
             self._metrics.replies.labels("not_held").inc()
             return
         parsed.pop("stream")
-        if conn.deliver(orjson.dumps({"stream": stream, **parsed}).decode()):
+        frame = self._encode(routing_key, stream, parsed)
+        if frame is None:
+            return
+        if conn.deliver(frame):
             self._metrics.replies.labels("delivered").inc()
         elif not conn.closing:
             self.drop_slow(conn)
@@ -152,8 +155,20 @@ class Hub:
             return None
         obj.pop("stream", None)
         stream = routing_key.partition(".")[0]
-        frame = orjson.dumps({"stream": stream, **obj}).decode()
+        frame = self._encode(routing_key, stream, obj)
+        if frame is None:
+            return None
         return stream, frame, position_of(obj)
+
+    def _encode(self, routing_key: str, stream: str, obj: dict[str, Any]) -> str | None:
+        """The frame's text, or None (dropped, logged and counted): orjson reads deeper
+        nesting than it writes, so a parsed body may still not be a frame."""
+        try:
+            return orjson.dumps({"stream": stream, **obj}).decode()
+        except orjson.JSONEncodeError:
+            self._metrics.dropped.inc()
+            log.warning("dropping a message on %r that cannot be written as a frame", routing_key)
+            return None
 
     def _envelope(self, routing_key: str, body: bytes) -> dict[str, Any] | None:
         """The body parsed as an envelope, or None (dropped, logged and counted)."""
