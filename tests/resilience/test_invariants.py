@@ -123,3 +123,13 @@ def test_committed_but_unpublished_and_published_but_uncommitted_are_reported() 
     report = checker.report()
     assert (report.unpublished, report.uncommitted) == (["n2"], ["n3"])
     assert not report.ok
+
+
+def test_a_republished_event_is_counted_and_expected_once() -> None:
+    checker = fed([event(n) for n in range(1, 6)])
+    checker.publish("alice", event(3))  # the relay published it again after a fault
+    report = checker.report()
+    assert report.ok, report.summary()
+    assert (report.published, report.republished) == (5, 1)
+    checker.receive("c1", event(3))  # yielded twice: that is a duplicate
+    assert checker.report().duplicates == {("c1", "alice-3"): 1}

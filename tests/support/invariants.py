@@ -55,6 +55,10 @@ class Disorder:
 class Report:
     committed: int = 0
     published: int = 0
+    """Distinct events that went out."""
+    republished: int = 0
+    """Copies of an event id already published: the wire's at-least-once, not a fault
+    unless a client yields one twice (then it is in `duplicates`)."""
     delivered: int = 0
     """Frames of published events the clients received, duplicates included."""
     unpublished: list[str] = field(default_factory=list)
@@ -94,7 +98,8 @@ class Report:
             return sum(len(gap.event_ids) for gap in gaps)
 
         lines = [
-            f"committed {self.committed}, published {self.published}, delivered {self.delivered}",
+            f"committed {self.committed}, published {self.published} "
+            f"(and {self.republished} again), delivered {self.delivered}",
             f"gaps: {len(self.lost)} lost ({events(self.lost)} events), "
             f"{len(self.closed_by('recovery'))} closed by recovery "
             f"({events(self.closed_by('recovery'))} events), "
@@ -149,6 +154,8 @@ class Checker:
         self._committed: dict[tuple[str, str], list[str]] = defaultdict(list)
         self._published: dict[tuple[str, str], list[tuple[Envelope, str]]] = defaultdict(list)
         self._followers: dict[str, _Follower] = {}
+        self._sent_ids: set[str] = set()
+        self._republished = 0
 
     # -- the producer side -------------------------------------------------------------
 
@@ -157,8 +164,14 @@ class Checker:
         self._committed[(user, stream)].append(ref)
 
     def publish(self, user: str, envelope: Envelope, ref: str | None = None) -> None:
-        """`envelope` went out for `user` (`ref`: what `commit` named it; its event id)."""
-        self._published[(user, envelope.stream)].append((envelope, ref or event_id(envelope)))
+        """`envelope` went out for `user` (`ref`: what `commit` named it; its event id).
+        The same event id again is a republish (at-least-once): counted, not expected twice."""
+        eid = event_id(envelope)
+        if eid and eid in self._sent_ids:
+            self._republished += 1
+            return
+        self._sent_ids.add(eid)
+        self._published[(user, envelope.stream)].append((envelope, ref or eid))
 
     # -- the client side ---------------------------------------------------------------
 
@@ -198,6 +211,7 @@ class Checker:
         report = Report(
             committed=sum(map(len, self._committed.values())),
             published=sum(map(len, self._published.values())),
+            republished=self._republished,
         )
         self._check_producer(report)
         for client, follower in self._followers.items():
