@@ -7,7 +7,7 @@ from realtime_edge.protocol import (
     Ping,
     ProtocolError,
     Publish,
-    PublishLimits,
+    RateLimits,
     Refresh,
     Session,
     Subscribe,
@@ -227,7 +227,7 @@ class Clock:
 
 
 def publishing_session(clock: Clock, streams: list[str], **claim: list[str]) -> Session:
-    limits = PublishLimits(rate=2.0, burst=3, clock=clock)
+    limits = RateLimits(rate=2.0, burst=3, clock=clock)
     session = Session(
         Claims(sub="alice", exp=2**31, publish=frozenset(claim.get("publish", [])) or None),
         max_streams=8,

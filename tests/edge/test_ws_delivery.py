@@ -39,7 +39,10 @@ async def publisher(amqp_url: str, exchange: str) -> AsyncIterator[Publisher]:
 
 @pytest.fixture
 async def edge(amqp_url: str, exchange: str) -> AsyncIterator[EdgeProcess]:
-    async with running_edge(amqp_url, exchange, EDGE_UNBIND_DELAY="0.2") as process:
+    # Some tests cycle subscribe/unsubscribe hundreds of times a second on purpose.
+    async with running_edge(
+        amqp_url, exchange, EDGE_UNBIND_DELAY="0.2", EDGE_CONTROL_RATE="100000"
+    ) as process:
         yield process
 
 

@@ -193,7 +193,12 @@ async def test_past_the_burst_messages_are_rate_limited_and_not_published(
         await backend.next()
     assert await backend.is_empty()
     await ws.close()
-    assert await edge.metric("edge_client_messages_refused_total", 'code="RATE_LIMITED"') == 2
+    assert (
+        await edge.metric(
+            "edge_client_messages_refused_total", 'code="RATE_LIMITED",kind="publish"'
+        )
+        == 2
+    )
 
 
 async def test_no_backend_bound_is_no_handler(edge: EdgeProcess, make_token: MakeToken) -> None:

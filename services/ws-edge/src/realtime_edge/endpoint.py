@@ -24,9 +24,11 @@ from realtime_edge.errors import BrokerUnavailable, EdgeError, OriginForbidden, 
 from realtime_edge.handshake import Admission
 from realtime_edge.node import Node
 from realtime_edge.protocol import (
-    BINARY_ERROR_FRAME,
+    BINARY_FRAME_MESSAGE,
     PONG_FRAME,
     TOKEN_EXPIRED_FRAME,
+    UNSUPPORTED_FRAME,
+    ControlRefused,
     Ping,
     Position,
     ProtocolError,
@@ -122,7 +124,12 @@ class WebSocketEndpoint:
         settings = node.settings
         # the raw payload is not needed after verification; idle connections stay smaller
         claims = dataclasses.replace(admission.claims, raw={})
-        session = Session(claims, settings.edge_max_streams_per_connection, node.publish_limits)
+        session = Session(
+            claims,
+            settings.edge_max_streams_per_connection,
+            node.publish_limits,
+            node.control_limits,
+        )
         session.commit(session.plan(admission.streams))
         conn = Connection(
             uuid.uuid4().hex,
@@ -170,34 +177,61 @@ class WebSocketEndpoint:
 
     async def _read(self, conn: Connection, receive: Receive) -> int:
         """Handle client frames until the socket closes; returns the close code seen."""
-        node = self.node
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return int(message.get("code", CloseCode.NORMAL))
-            text = message.get("text")
-            if text is None:
-                node.send(conn, BINARY_ERROR_FRAME)
-                continue
+            if conn.closing:
+                continue  # closed by the edge: its close frame is on its way, nothing else
             try:
-                command = parse_command(text)
-                if isinstance(command, Subscribe):
-                    await self._subscribe(conn, command)
-                elif isinstance(command, Unsubscribe):
-                    self._leave(conn, conn.session.drop(command.streams))
-                    node.send(conn, conn.session.unsubscribed_frame())
-                elif isinstance(command, Ping):
-                    node.send(conn, PONG_FRAME)
-                elif isinstance(command, Publish):
-                    conn.session.admit_publish(command)
-                    node.publish(conn, command)
-                elif isinstance(command, Refresh):
-                    self._refresh(conn, command)
+                await self._handle(conn, message.get("text"))
             except ProtocolError as exc:
-                if isinstance(exc, PublishRefused):
-                    node.metrics.client_refused.labels(exc.code).inc()
-                log.info("bad client frame: %s", exc.message, extra={"connection_id": conn.id})
-                node.send(conn, exc.frame)
+                self._refused(conn, exc)
+
+    async def _handle(self, conn: Connection, text: str | None) -> None:
+        """One client frame; ProtocolError when it is refused (answered by `_refused`)."""
+        node = self.node
+        try:
+            if text is None:
+                raise ProtocolError(UNSUPPORTED_FRAME, BINARY_FRAME_MESSAGE)
+            command = parse_command(text)
+        except ProtocolError as exc:
+            conn.session.admit_control(exc.frame_id)  # garbage is not a way around the limit
+            raise
+        if not isinstance(command, Publish):
+            conn.session.admit_control()
+        if isinstance(command, Subscribe):
+            await self._subscribe(conn, command)
+        elif isinstance(command, Unsubscribe):
+            self._leave(conn, conn.session.drop(command.streams))
+            node.send(conn, conn.session.unsubscribed_frame())
+        elif isinstance(command, Ping):
+            node.send(conn, PONG_FRAME)
+        elif isinstance(command, Publish):
+            conn.session.admit_publish(command)
+            node.publish(conn, command)
+        elif isinstance(command, Refresh):
+            self._refresh(conn, command)
+
+    def _refused(self, conn: Connection, exc: ProtocolError) -> None:
+        """Answer a refused frame; close a connection that keeps flooding past its limit."""
+        node = self.node
+        kind = "publish" if isinstance(exc, PublishRefused) else "control"
+        node.metrics.client_refused.labels(exc.code, kind).inc()
+        session = conn.session
+        if not isinstance(exc, ControlRefused):
+            log.info("bad client frame: %s", exc.message, extra={"connection_id": conn.id})
+        elif session.refused_in_row == 1:  # one line per run of refusals, not one per frame
+            log.info("control frames rate limited", extra={"connection_id": conn.id})
+        node.send(conn, exc.frame)
+        if isinstance(exc, ControlRefused) and session.flooding:
+            log.warning(
+                "closing a connection that kept flooding: %d frames refused in a row",
+                session.refused_in_row,
+                extra={"connection_id": conn.id, "user_id": conn.user_id},
+            )
+            node.hub.unregister(conn)
+            conn.close(CloseCode.POLICY_VIOLATION)
 
     async def _subscribe(self, conn: Connection, command: Subscribe) -> None:
         node = self.node

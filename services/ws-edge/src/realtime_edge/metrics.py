@@ -90,8 +90,9 @@ class EdgeMetrics:
         )
         self.client_refused = Counter(
             "edge_client_messages_refused",
-            "Client messages refused, by error code",
-            ["code"],
+            "Client frames refused with an error frame, by error code and kind "
+            "(publish: a client message; control: any other frame)",
+            ["code", "kind"],
             registry=r,
         )
         self.publish_confirm_seconds = Histogram(

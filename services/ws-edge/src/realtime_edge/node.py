@@ -19,7 +19,7 @@ from realtime_edge.hub import Hub, keys_for
 from realtime_edge.inbound import Inbound, InboundRefused, replies_binding, reply_key
 from realtime_edge.metrics import EdgeMetrics
 from realtime_edge.origin import OriginPolicy
-from realtime_edge.protocol import Publish, PublishLimits, error_frame
+from realtime_edge.protocol import Publish, RateLimits, error_frame
 from realtime_edge.recovery import HistoryClient
 from realtime_edge.settings import EdgeSettings
 from realtime_shared.auth import TokenVerifier
@@ -35,7 +35,8 @@ class Node:
         self.hub = Hub(self.metrics, settings.edge_max_message_bytes)
         self.bindings = Bindings(settings.edge_unbind_delay, self.metrics)
         self.inbound = Inbound(settings.realtime_inbound_exchange, self.metrics)
-        self.publish_limits = PublishLimits(settings.edge_publish_rate, settings.edge_publish_burst)
+        self.publish_limits = RateLimits(settings.edge_publish_rate, settings.edge_publish_burst)
+        self.control_limits = RateLimits(settings.edge_control_rate, settings.edge_control_burst)
         self._publishing: set[asyncio.Task[None]] = set()
         self.history = HistoryClient(
             settings.realtime_exchange,
@@ -151,7 +152,7 @@ class Node:
                 meta,
             )
         except InboundRefused as exc:
-            self.metrics.client_refused.labels(exc.code).inc()
+            self.metrics.client_refused.labels(exc.code, "publish").inc()
             self.send(conn, error_frame(exc.code, exc.message, command.id))
             return
         self.metrics.client_published.labels(command.stream).inc()

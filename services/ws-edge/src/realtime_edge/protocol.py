@@ -65,7 +65,7 @@ def error_frame(code: str, message: str, frame_id: str | None = None) -> str:
 
 PONG_FRAME = system_frame(PONG)
 TOKEN_EXPIRED_FRAME = system_frame(TOKEN_EXPIRED)
-BINARY_ERROR_FRAME = error_frame(UNSUPPORTED_FRAME, "binary frames are not supported; send JSON")
+BINARY_FRAME_MESSAGE = "binary frames are not supported; send JSON"
 
 
 class ProtocolError(Exception):
@@ -89,6 +89,10 @@ Position = tuple[str, int]
 
 class PublishRefused(ProtocolError):
     """A `publish` frame refused before anything was sent (counted by code)."""
+
+
+class ControlRefused(ProtocolError):
+    """A frame refused because the connection's control bucket is empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,28 +242,50 @@ class TokenBucket:
 
 
 @dataclass(frozen=True, slots=True)
-class PublishLimits:
+class RateLimits:
     rate: float
     burst: int
     clock: Callable[[], float] = time.monotonic
 
 
-DEFAULT_PUBLISH_LIMITS = PublishLimits(rate=20.0, burst=40)
+DEFAULT_PUBLISH_LIMITS = RateLimits(rate=20.0, burst=40)
+DEFAULT_CONTROL_LIMITS = RateLimits(rate=10.0, burst=50)
+
+FLOOD_FACTOR = 10
+"""A connection refused this many bursts' worth of control frames in a row, without one
+admitted in between, is not a client that slows down when told: it is closed (1008)."""
 
 
 class Session:
     """One connection's identity, token deadline and held streams (in subscription order)."""
 
-    __slots__ = ("_bucket", "_held", "claims", "limits", "max_streams")
+    __slots__ = (
+        "_bucket",
+        "_control",
+        "_held",
+        "claims",
+        "control_limits",
+        "limits",
+        "max_streams",
+        "refused_in_row",
+    )
 
     def __init__(
-        self, claims: Claims, max_streams: int, limits: PublishLimits | None = None
+        self,
+        claims: Claims,
+        max_streams: int,
+        limits: RateLimits | None = None,
+        control_limits: RateLimits | None = None,
     ) -> None:
         self.claims = claims
         self.max_streams = max_streams
         self.limits = limits or DEFAULT_PUBLISH_LIMITS
+        self.control_limits = control_limits or DEFAULT_CONTROL_LIMITS
         self._held: dict[str, None] = {}
         self._bucket: TokenBucket | None = None  # made at the first publish: most never do
+        self._control: TokenBucket | None = None  # made at the first control frame
+        self.refused_in_row = 0
+        """Control frames refused since the last one admitted (see `flooding`)."""
 
     @property
     def user_id(self) -> str:
@@ -315,21 +341,43 @@ class Session:
             del self._held[stream]
         return dropped
 
+    def admit_control(self, frame_id: str | None = None) -> None:
+        """Take a token from the control bucket, or ControlRefused (RATE_LIMITED).
+
+        Every frame but an admitted `publish` takes one: subscribe, unsubscribe, ping,
+        refresh, binary and malformed frames, and refused publishes, so no kind of frame
+        is a way around the limit."""
+        if self._control is None:
+            limits = self.control_limits
+            self._control = TokenBucket(limits.rate, limits.burst, limits.clock)
+        if self._control.take():
+            self.refused_in_row = 0
+            return
+        self.refused_in_row += 1
+        raise ControlRefused(RATE_LIMITED, "too many frames; slow down", frame_id)
+
+    @property
+    def flooding(self) -> bool:
+        """True once FLOOD_FACTOR bursts of control frames were refused in a row."""
+        return self.refused_in_row >= FLOOD_FACTOR * self.control_limits.burst
+
     def admit_publish(self, command: Publish) -> None:
         """Every check of a client message, in order; ProtocolError (with its `id`) if refused.
 
-        A refused frame takes no token from the bucket."""
+        A refused frame takes no token from the publish bucket, but one from the control
+        bucket (ControlRefused when that is empty)."""
         stream, frame_id = command.stream, command.id
+
+        def forbidden(message: str) -> PublishRefused:
+            self.admit_control(frame_id)
+            return PublishRefused(FORBIDDEN, message, frame_id)
+
         if not is_interactive(stream):
-            raise PublishRefused(
-                FORBIDDEN, f"{stream[:64]!r} is not an interactive stream", frame_id
-            )
+            raise forbidden(f"{stream[:64]!r} is not an interactive stream")
         if stream not in self._held:
-            raise PublishRefused(FORBIDDEN, f"subscribe to {stream!r} before publishing", frame_id)
+            raise forbidden(f"subscribe to {stream!r} before publishing")
         if not self.claims.may_publish(stream):
-            raise PublishRefused(
-                FORBIDDEN, f"the token does not allow publishing on {stream!r}", frame_id
-            )
+            raise forbidden(f"the token does not allow publishing on {stream!r}")
         if self._bucket is None:
             limits = self.limits
             self._bucket = TokenBucket(limits.rate, limits.burst, limits.clock)

@@ -47,6 +47,16 @@ DEFAULT_PUBLISH_BURST = 40
 """Client messages a connection may send at once (a paste into a terminal, a reconnect
 flushing queued chat lines) before the rate applies."""
 
+DEFAULT_CONTROL_RATE = 10.0
+"""Control frames (subscribe, unsubscribe, refresh, ping, anything not a publish) per
+second per connection, sustained. An honest client sends a handful per minute: one
+subscribe per page, a refresh per token lifetime, a ping per heartbeat; each subscribe
+costs the edge broker bindings, so a script looping on them is held back."""
+
+DEFAULT_CONTROL_BURST = 50
+"""Control frames a connection may send at once: a reconnect resubscribing every catalog
+stream one frame each, plus a refresh and pings, stays far below it."""
+
 DEFAULT_UNBIND_DELAY = 5.0
 """A reload or a reconnect within this window keeps the broker binding instead of churning it."""
 
@@ -78,6 +88,8 @@ class EdgeSettings(RealtimeSettings):
     realtime_inbound_exchange: str = DEFAULT_INBOUND_EXCHANGE
     edge_publish_rate: float = Field(default=DEFAULT_PUBLISH_RATE, gt=0)
     edge_publish_burst: int = Field(default=DEFAULT_PUBLISH_BURST, ge=1)
+    edge_control_rate: float = Field(default=DEFAULT_CONTROL_RATE, gt=0)
+    edge_control_burst: int = Field(default=DEFAULT_CONTROL_BURST, ge=1)
     edge_unbind_delay: float = Field(default=DEFAULT_UNBIND_DELAY, ge=0)
     edge_max_connections_per_user: int = Field(default=DEFAULT_MAX_CONNECTIONS_PER_USER, ge=1)
     edge_max_streams_per_connection: int = Field(default=DEFAULT_MAX_STREAMS_PER_CONNECTION, ge=1)
