@@ -14,7 +14,7 @@ import uvicorn
 from realtime_edge.app import create_app
 from realtime_edge.node import Node
 from realtime_edge.settings import EdgeSettings
-from realtime_edge.wsprotocol import EdgeWebSocketProtocol, QuietAccepts
+from realtime_edge.wsprotocol import EdgeWebSocketProtocol, QuietAccepts, QuietBadText
 from realtime_shared.auth import KeyConfigError
 from realtime_shared.logs import configure_logging, uvicorn_log_config
 from realtime_shared.settings import add_process_arguments, settings_from_args
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         backlog=4096,
     )
     logging.getLogger("uvicorn.error").addFilter(QuietAccepts())  # after uvicorn's log config
+    logging.getLogger("uvicorn.error").addFilter(QuietBadText())
     raise_fd_limit()
     server = EdgeServer(config, app.state.node)
     with contextlib.suppress(KeyboardInterrupt):

@@ -30,6 +30,7 @@ CONFIRM_TIMEOUT = 5.0
 
 NO_HANDLER = "NO_HANDLER"
 UNAVAILABLE = "UNAVAILABLE"
+INVALID_FRAME = "INVALID_FRAME"
 
 
 class InboundRefused(Exception):
@@ -83,7 +84,12 @@ class Inbound:
             "message_id": message_id,
             "sent_at": datetime.now(UTC).isoformat(),
         }
-        body = orjson.dumps({"stream": stream, "event": event, "data": data, "meta": meta})
+        try:
+            body = orjson.dumps({"stream": stream, "event": event, "data": data, "meta": meta})
+        except orjson.JSONEncodeError:
+            # orjson reads deeper nesting (1024) than it writes (255): a frame that parsed
+            # may still not be a message.
+            raise InboundRefused(INVALID_FRAME, "'data' is nested too deeply") from None
         properties = spec.Basic.Properties(content_type="application/json", message_id=message_id)
         started = time.perf_counter()
         try:

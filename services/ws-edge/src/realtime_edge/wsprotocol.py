@@ -113,6 +113,26 @@ class QuietAccepts(logging.Filter):
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
+BAD_UTF8_LOG_MESSAGE = "Invalid UTF-8 sequence received from client."
+
+
+class QuietBadText(logging.Filter):
+    """A text frame that is not UTF-8 is the client's fault: one INFO line, no traceback.
+
+    uvicorn logs it with `logger.exception` (ERROR and a traceback) before closing with
+    1007, so any client could fill the edge's log with tracebacks, one per connection,
+    and hide real errors among them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == BAD_UTF8_LOG_MESSAGE:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = "closing a connection whose text frame is not UTF-8 (1007)"
+            record.exc_info, record.exc_text = None, None
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
+
+
 class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
