@@ -89,18 +89,23 @@ class ScriptedOwner:
         return len(self.log.get(user, []))
 
     async def publish(
-        self, user: str, event: str, data: dict[str, Any] | None = None, *, live: bool = True
+        self,
+        user: str,
+        event: str,
+        data: dict[str, Any] | None = None,
+        *,
+        live: bool = True,
+        event_id: str | None = None,
     ) -> dict[str, Any]:
-        """Append the next numbered envelope to `user`'s log and, if `live`, publish it."""
+        """Append the next numbered envelope to `user`'s log and, if `live`, publish it
+        (`event_id`: into its meta, for the invariant checker's dedupe)."""
         from realtime_shared.routing import user_key
 
         entries = self.log.setdefault(user, [])
-        envelope = {
-            "stream": self.stream,
-            "event": event,
-            "data": data or {},
-            "meta": {"seq": len(entries) + 1, "epoch": self.epoch},
-        }
+        meta: dict[str, Any] = {"seq": len(entries) + 1, "epoch": self.epoch}
+        if event_id is not None:
+            meta["event_id"] = event_id
+        envelope = {"stream": self.stream, "event": event, "data": data or {}, "meta": meta}
         entries.append(envelope)
         if live:
             assert self._exchange is not None
