@@ -4,6 +4,7 @@ import logging.config
 
 import orjson
 import pytest
+from websockets.frames import Frame, Opcode
 
 from realtime_shared.auth import issue_token
 from realtime_shared.logs import log_config, redact
@@ -51,6 +52,22 @@ def test_uvicorn_access_lines_are_redacted_through_args(fmt: str) -> None:
         )
         assert TOKEN not in stream.getvalue()
         assert "/ws?token=[redacted]" in stream.getvalue()
+    finally:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_long_websocket_frame_at_debug_keeps_no_end_of_its_token(fmt: str) -> None:
+    # websockets logs "< %s" with the Frame, whose str() keeps a long text's two ends only:
+    # the token is cut in the middle, and its signature's tail would match no pattern.
+    _, stream = _capture(fmt)
+    signature_tail = TOKEN.rpartition(".")[2][-16:]
+    frame = Frame(Opcode.TEXT, orjson.dumps({"action": "refresh", "token": TOKEN}))
+    assert signature_tail in str(frame)
+    try:
+        logging.getLogger("uvicorn.error").info("< %s", frame)
+        assert signature_tail not in stream.getvalue()
+        assert "[redacted]" in stream.getvalue()
     finally:
         logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
 

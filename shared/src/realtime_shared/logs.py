@@ -7,6 +7,7 @@ which covers uvicorn's access and WebSocket lines as well as our own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import logging.config
 import re
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
+from websockets.frames import DATA_OPCODES, Frame
 
 LogFormat = Literal["text", "json"]
 
@@ -39,7 +41,14 @@ def redact(text: str) -> str:
 
 
 def _redact_arg(arg: object) -> object:
-    return redact(arg) if isinstance(arg, str) else arg
+    if isinstance(arg, str):
+        return redact(arg)
+    if isinstance(arg, Frame) and arg.opcode in DATA_OPCODES:
+        # websockets logs frames at DEBUG, and str(frame) keeps only the ends of a long text:
+        # a token cut in the middle matches no pattern and half its signature stays readable.
+        data = redact(bytes(arg.data).decode(errors="replace")).encode()
+        return str(dataclasses.replace(arg, data=data))
+    return arg
 
 
 class RedactTokens(logging.Filter):
