@@ -201,8 +201,15 @@ def free_port() -> int:
 
 
 def start_process(
-    amqp_url: str, exchange: str, database_url: str, log_path: Path, **env: str
+    amqp_url: str,
+    exchange: str,
+    database_url: str,
+    log_path: Path,
+    *,
+    log_level: str = "warning",
+    **env: str,
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """`log_level` is passed as `--log-level`, which wins over a `LOG_LEVEL` in `env`."""
     port = free_port()
     environ = {
         **os.environ,
@@ -225,7 +232,7 @@ def start_process(
                 "--port",
                 str(port),
                 "--log-level",
-                "warning",
+                log_level,
             ],
             env=environ,
             stdout=log,
