@@ -21,10 +21,9 @@ from typing import Any, Protocol
 import orjson
 
 from realtime_bench.connection import Connection
+from realtime_shared.envelope import Position, position_of
 
 Payload = dict[str, Any]
-Position = tuple[str, int]
-"""(epoch, seq) of the last numbered message a client saw."""
 
 BENCH_EVENT = "bench"
 NOTIFICATIONS = "notifications"
@@ -153,16 +152,6 @@ def recovery_verdict(seqs: Sequence[int], after: int, missed: int, recovered: bo
     if set(seqs) - set(expected):
         return "unexpected"
     return "out_of_order"
-
-
-def position_of(frame: Payload) -> Position | None:
-    meta = frame.get("meta")
-    if not isinstance(meta, dict):
-        return None
-    epoch, seq = meta.get("epoch"), meta.get("seq")
-    if isinstance(epoch, str) and isinstance(seq, int) and not isinstance(seq, bool):
-        return epoch, seq
-    return None
 
 
 class RecoveringDialect(EdgeDialect):

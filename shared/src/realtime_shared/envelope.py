@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,20 @@ JsonObject = dict[str, Any]
 
 MAX_EPOCH_CHARS = 64
 """`meta.epoch` is 1 to this many characters: producers, the edge and clients check it."""
+
+Position = tuple[str, int]
+"""(epoch, seq) of a message, or of the last one a client has seen."""
+
+
+def position_of(obj: Mapping[str, Any]) -> Position | None:
+    """`(meta.epoch, meta.seq)` of a parsed envelope, when it has both."""
+    meta = obj.get("meta")
+    if not isinstance(meta, dict):
+        return None
+    epoch, seq = meta.get("epoch"), meta.get("seq")
+    if isinstance(epoch, str) and isinstance(seq, int) and not isinstance(seq, bool):
+        return epoch, seq
+    return None
 
 
 class EnvelopeError(ValueError):

@@ -30,7 +30,6 @@ from realtime_edge.protocol import (
     UNSUPPORTED_FRAME,
     ControlRefused,
     Ping,
-    Position,
     ProtocolError,
     Publish,
     PublishRefused,
@@ -43,6 +42,7 @@ from realtime_edge.protocol import (
 from realtime_edge.recovery import Gate, gather_replays
 from realtime_edge.wsprotocol import ABORT_EXTENSION
 from realtime_shared.auth import AuthError
+from realtime_shared.envelope import Position
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import orjson
 from realtime_edge.closecodes import CloseCode
 from realtime_edge.connection import Connection
 from realtime_edge.metrics import EdgeMetrics
-from realtime_edge.recovery import Position, position_of
+from realtime_shared.envelope import Position, position_of
 from realtime_shared.routing import stream_key, user_key
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import orjson
 
 from realtime_edge.handshake import normalise_streams
 from realtime_shared.auth import AuthError, Claims
-from realtime_shared.envelope import MAX_EPOCH_CHARS
+from realtime_shared.envelope import MAX_EPOCH_CHARS, Position
 from realtime_shared.streams import SYSTEM_STREAM, is_interactive, is_subscribable
 
 # Event names the edge sends on the system stream.
@@ -81,10 +81,6 @@ class ProtocolError(Exception):
     @property
     def frame(self) -> str:
         return error_frame(self.code, self.message, self.frame_id)
-
-
-Position = tuple[str, int]
-"""(epoch, seq): where a client's copy of a stream ends."""
 
 
 class PublishRefused(ProtocolError):

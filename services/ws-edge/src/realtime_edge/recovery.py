@@ -33,14 +33,12 @@ from aiormq.exceptions import AMQPError, PublishError
 from pamqp import commands as spec
 
 from realtime_edge.metrics import EdgeMetrics
+from realtime_shared.envelope import Position
 
 log = logging.getLogger(__name__)
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 """RabbitMQ's direct reply-to: replies come straight back on the requesting channel."""
-
-Position = tuple[str, int]
-"""(epoch, seq) of a message, or of the last one a client has seen."""
 
 
 class RecoveryFailed(Exception):
@@ -280,14 +278,3 @@ async def gather_replays(
         )
     metrics.recovery_seconds.observe(time.monotonic() - started)
     return replays, failures
-
-
-def position_of(obj: Mapping[str, Any]) -> Position | None:
-    """`(meta.epoch, meta.seq)` of a parsed envelope, when it has both."""
-    meta = obj.get("meta")
-    if not isinstance(meta, dict):
-        return None
-    epoch, seq = meta.get("epoch"), meta.get("seq")
-    if isinstance(epoch, str) and isinstance(seq, int) and not isinstance(seq, bool):
-        return epoch, seq
-    return None
