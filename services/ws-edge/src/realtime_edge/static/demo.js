@@ -207,7 +207,8 @@ ui.chatForm.addEventListener("submit", async (event) => {
   ui.chatStatus.textContent = "Sending…";
   try {
     await state.client.publish("chat", "message.send", { to: String(form.get("to")).trim(), text: form.get("text") });
-    ui.chatStatus.textContent = "";
+    // The backend's answer (a rejection) may overtake the edge's `published`: keep it.
+    if (ui.chatStatus.textContent === "Sending…") ui.chatStatus.textContent = "";
     ui.chatForm.elements.text.value = "";
   } catch (error) {
     ui.chatStatus.textContent = CHAT_ERRORS[error.code] ?? `Failed: ${error.message}`;
